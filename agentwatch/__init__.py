@@ -1,0 +1,1 @@
+"""agentwatch: observability and anomaly detection for fleets of AI agents."""

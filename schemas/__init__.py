@@ -1,0 +1,1 @@
+"""The data contract: ClickHouse DDL, migrations, attribute names, the store."""

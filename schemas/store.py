@@ -1,0 +1,73 @@
+"""The store: one clickhouse-connect client, embedded (chDB) or served, from a DSN.
+
+`AGENTWATCH_CLICKHOUSE_DSN` picks it: `chdb://<dir>` (the default, under the
+data directory) runs ClickHouse in this process; `http(s)://user:pw@host:8123/db`
+talks to a server. Same SQL on both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+DEFAULT_DATABASE = "agentwatch"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def default_data_dir() -> Path:
+    explicit = os.environ.get("AGENTWATCH_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "agentwatch"
+
+
+def default_dsn() -> str:
+    return os.environ.get("AGENTWATCH_CLICKHOUSE_DSN") or f"chdb://{default_data_dir() / 'clickhouse'}"
+
+
+def database_name(dsn: str | None = None, database: str | None = None) -> str:
+    """Explicit name, else AGENTWATCH_DATABASE, else a server DSN's path, else `agentwatch`."""
+    name = database or os.environ.get("AGENTWATCH_DATABASE")
+    if not name and dsn and not is_embedded(dsn):
+        name = urlparse(dsn).path.strip("/").split("/")[0] or None
+    name = name or DEFAULT_DATABASE
+    if not _NAME.match(name):
+        raise ValueError(f"database name {name!r} must be letters, digits and underscores")
+    return name
+
+
+def is_embedded(dsn: str) -> bool:
+    return dsn.startswith("chdb:")
+
+
+def _embedded_path(dsn: str) -> str:
+    # chdb://relative/dir and chdb:///abs/dir both name a directory on disk.
+    rest = dsn[len("chdb://"):] if dsn.startswith("chdb://") else dsn[len("chdb:"):]
+    return rest.split("?", 1)[0]
+
+
+def connect(dsn: str | None = None, database: str | None = None, create: bool = True) -> Client:
+    """A client on the store, its default database set (and created if asked)."""
+    dsn = dsn or default_dsn()
+    name = database_name(dsn, database)
+    if is_embedded(dsn):
+        path = _embedded_path(dsn)
+        if path and path not in ("memory", ":memory:"):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(interface="chdb", path=path)
+        else:
+            client = clickhouse_connect.get_client(interface="chdb")
+    else:
+        parsed = urlparse(dsn)
+        # Connect to `default` first: the agentwatch database may not exist yet.
+        client = clickhouse_connect.get_client(dsn=parsed._replace(path="/default").geturl())
+    if create:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+    client.database = name
+    return client
