@@ -1,0 +1,287 @@
+"""The OTLP receiver: OTLP/HTTP (protobuf and JSON, gzip) and OTLP/gRPC into ClickHouse.
+
+One asyncio loop in a background thread serves both transports; decoding runs
+in a small thread pool so /healthz answers while a large request is parsed.
+Answers follow the OTLP specification: partial success for refused records,
+400/401/413/415 with a google.rpc.Status body, 503 + Retry-After when the
+write queue is full (exporters retry those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import orjson
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from agentwatch.collector.receiver import otlp
+from agentwatch.collector.receiver.api_keys import KeyStore
+from agentwatch.collector.receiver.metrics import ReceiverMetrics
+from agentwatch.collector.receiver.pricing import Pricer
+from agentwatch.collector.receiver.writer import BatchWriter, Chunk, QueueFull
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+RESPONSES = {
+    "traces": (trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
+    "metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
+    "logs": (logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records"),
+}
+
+
+@dataclass
+class ReceiverConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 4318  # 0 picks a free port
+    grpc_port: int | None = 4317  # None turns gRPC off
+    max_request_bytes: int = 64 << 20  # per request, after decompression; larger gets 413
+    max_queue_bytes: int = 512 << 20  # accepted but unwritten; beyond it requests get 503
+    retry_after_s: int = 1
+    flush_interval_s: float = 0.2
+    decode_threads: int = 2
+
+
+class Rejected(Exception):
+    def __init__(self, http_status: int, grpc_code: grpc.StatusCode, reason: str, message: str):
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+        self.reason = reason
+
+
+class Receiver:
+    def __init__(self, connect: Callable[[], Client], config: ReceiverConfig | None = None):
+        self.config = config or ReceiverConfig()
+        self.metrics = ReceiverMetrics()
+        self.writer = BatchWriter(connect, max_queue_bytes=self.config.max_queue_bytes,
+                                  flush_interval_s=self.config.flush_interval_s, metrics=self.metrics)
+        self._connect = connect
+        self.keys: KeyStore | None = None
+        self.pricer = Pricer(on_unknown=lambda model: self.metrics.unknown_model.labels(model).inc())
+        self._pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="agentwatch-decode")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Receiver:
+        self.keys = KeyStore(self._connect())
+        self.writer.start()
+        self._thread = threading.Thread(target=self._serve_forever, name="agentwatch-receiver", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._startup_error:
+            self.writer.close()
+            raise self._startup_error
+        log.info("OTLP receiver on http://%s:%s%s", self.config.host, self.http_port,
+                 f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "")
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, then write everything accepted before returning."""
+        if self._loop and self._stopped:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread:
+            self._thread.join(60)
+        self._pool.shutdown(wait=True)
+        self.writer.close()
+
+    def flush(self, timeout_s: float = 60) -> bool:
+        return self.writer.flush(timeout_s)
+
+    def _serve_forever(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # surfaced to start() instead of dying silently
+            self._startup_error = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        app = web.Application(client_max_size=self.config.max_request_bytes + 1)
+        for signal in RESPONSES:
+            app.router.add_post(f"/v1/{signal}", self._http_handler(signal))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics_page)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.http_port)
+        await site.start()
+        self.http_port = runner.addresses[0][1]
+        server = None
+        if self.config.grpc_port is not None:
+            limit = self.config.max_request_bytes
+            server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                              ("grpc.max_send_message_length", 16 << 20)])
+            trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_GrpcService(self, "traces"), server)
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_GrpcService(self, "metrics"), server)
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_GrpcService(self, "logs"), server)
+            self.grpc_port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+            await server.start()
+        self._ready.set()
+        await self._stopped.wait()
+        if server is not None:
+            await server.stop(grace=5)
+        await runner.cleanup()
+
+    # --- shared ingest path -----------------------------------------------------
+
+    def _authorize(self, header: str | None) -> str | None:
+        allowed, tenant = self.keys.tenant_for(header)
+        if not allowed:
+            raise Rejected(401, grpc.StatusCode.UNAUTHENTICATED, "unauthorized",
+                           "missing or invalid API key (Authorization: Bearer <key>)")
+        return tenant
+
+    def _ingest(self, signal: str, message, tenant: str | None) -> otlp.Rows:
+        """Decoded request -> queued rows. Runs in the decode pool."""
+        rows = otlp.to_rows(signal, message, tenant, self.pricer)
+        chunks = [Chunk(table, otlp.encode_rows(table_rows), len(table_rows))
+                  for table, table_rows in rows.tables.items()]
+        if chunks:
+            try:
+                self.writer.submit(chunks)
+            except QueueFull as error:
+                raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "queue_full",
+                               f"receiver is busy ({error}); retry later") from None
+        self.metrics.received.labels(signal).inc(rows.accepted)
+        if rows.rejected:
+            self.metrics.rejected.labels(signal, "invalid").inc(rows.rejected)
+        return rows
+
+    def _decode_and_ingest(self, signal: str, body: bytes, is_json: bool, tenant: str | None) -> otlp.Rows:
+        try:
+            message = otlp.decode(signal, body, is_json)
+        except otlp.BadRequest as error:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
+        return self._ingest(signal, message, tenant)
+
+    def _response(self, signal: str, rows: otlp.Rows):
+        response_type, rejected_field = RESPONSES[signal]
+        response = response_type()
+        if rows.rejected:
+            setattr(response.partial_success, rejected_field, rows.rejected)
+            response.partial_success.error_message = rows.error_message
+        return response
+
+    # --- HTTP -------------------------------------------------------------------
+
+    def _http_handler(self, signal: str):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            is_json = request.content_type == JSON
+            try:
+                if request.content_type not in (PROTOBUF, JSON):
+                    raise Rejected(415, grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type",
+                                   f"Content-Type must be {PROTOBUF} or {JSON}, not {request.content_type!r}")
+                tenant = self._authorize(request.headers.get("Authorization")
+                                         or request.headers.get("x-agentwatch-api-key"))
+                body = await self._read_body(request)
+                rows = await self._loop.run_in_executor(self._pool, self._decode_and_ingest,
+                                                        signal, body, is_json, tenant)
+            except Rejected as rejected:
+                self.metrics.bad_requests.labels(rejected.reason).inc()
+                self.metrics.requests.labels(signal, "http", rejected.reason).inc()
+                headers = {"Retry-After": str(self.config.retry_after_s)} if rejected.http_status == 503 else {}
+                return _status_response(rejected.http_status, rejected.grpc_code, str(rejected), is_json, headers)
+            self.metrics.requests.labels(signal, "http", "partial" if rows.rejected else "ok").inc()
+            response = self._response(signal, rows)
+            if is_json:
+                return web.Response(body=json_format.MessageToJson(response, indent=None).encode(),
+                                    content_type=JSON)
+            return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
+
+        return handle
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.max_request_bytes
+        too_large = Rejected(413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large",
+                             f"request body exceeds the limit of {limit} bytes (AGENTWATCH_MAX_REQUEST_BYTES)")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        encoding = request.headers.get("Content-Encoding", "").lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding != "gzip":
+            raise Rejected(415, grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type",
+                           f"Content-Encoding {encoding!r} is not supported (use gzip)")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(body, limit + 1)
+        except zlib.error as error:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", f"gzip body is corrupt: {error}") \
+                from None
+        if len(data) > limit:
+            raise too_large
+        if not inflater.eof:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", "gzip body is truncated")
+        return data
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        healthy = self.writer._thread.is_alive()
+        return web.json_response({
+            "status": "ok" if healthy else "writer stopped",
+            "queue_bytes": self.writer.queued_bytes,
+            "queue_rows": self.writer.queued_rows,
+            "written_rows": self.writer.written_rows,
+        }, status=200 if healthy else 503)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _status_response(http_status: int, code: grpc.StatusCode, message: str, is_json: bool,
+                     headers: dict[str, str]) -> web.Response:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if is_json:
+        return web.Response(status=http_status, body=orjson.dumps({"code": status.code, "message": message}),
+                            content_type=JSON, headers=headers)
+    return web.Response(status=http_status, body=status.SerializeToString(), content_type=PROTOBUF,
+                        headers=headers)
+
+
+class _GrpcService(trace_service_pb2_grpc.TraceServiceServicer,
+                   metrics_service_pb2_grpc.MetricsServiceServicer,
+                   logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, receiver: Receiver, signal: str):
+        self._receiver = receiver
+        self._signal = signal
+
+    async def Export(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC method name)
+        receiver = self._receiver
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            tenant = receiver._authorize(metadata.get("authorization") or metadata.get("x-agentwatch-api-key"))
+            rows = await receiver._loop.run_in_executor(receiver._pool, receiver._ingest,
+                                                        self._signal, request, tenant)
+        except Rejected as rejected:
+            receiver.metrics.bad_requests.labels(rejected.reason).inc()
+            receiver.metrics.requests.labels(self._signal, "grpc", rejected.reason).inc()
+            await context.abort(rejected.grpc_code, str(rejected))
+        receiver.metrics.requests.labels(self._signal, "grpc", "partial" if rows.rejected else "ok").inc()
+        return receiver._response(self._signal, rows)
