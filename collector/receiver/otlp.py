@@ -91,7 +91,12 @@ def value_string(value) -> str:
 
 
 def attributes(key_values) -> dict[str, str]:
-    return {kv.key: value_string(kv.value) for kv in key_values}
+    result = {}
+    for kv in key_values:
+        value = kv.value
+        # Strings are most attributes: skip the general conversion for them.
+        result[kv.key] = value.string_value if value.WhichOneof("value") == "string_value" else value_string(value)
+    return result
 
 
 # --- decoding -----------------------------------------------------------------
@@ -182,14 +187,12 @@ def trace_rows(request, tenant: str | None, price: Pricer | None, rows: Rows | N
                     price(attrs, span.start_time_unix_nano)
                 start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
-                events = span.events
-                links = span.links
-                rows.add("otel_traces", {
+                status = span.status
+                row = {
                     "Timestamp": timestamp(start),
                     "TraceId": span.trace_id.hex(),
                     "SpanId": span.span_id.hex(),
                     "ParentSpanId": span.parent_span_id.hex(),
-                    "TraceState": span.trace_state,
                     "SpanName": span.name,
                     "SpanKind": SPAN_KINDS[span.kind] if span.kind < len(SPAN_KINDS) else str(span.kind),
                     "ServiceName": service,
@@ -198,16 +201,26 @@ def trace_rows(request, tenant: str | None, price: Pricer | None, rows: Rows | N
                     "ScopeVersion": scope_version,
                     "SpanAttributes": attrs,
                     "Duration": end - start if end > start else 0,
-                    "StatusCode": STATUS_CODES[span.status.code] if span.status.code < 3 else "Unset",
-                    "StatusMessage": span.status.message,
-                    "Events.Timestamp": [timestamp(e.time_unix_nano) for e in events],
-                    "Events.Name": [e.name for e in events],
-                    "Events.Attributes": [attributes(e.attributes) for e in events],
-                    "Links.TraceId": [link.trace_id.hex() for link in links],
-                    "Links.SpanId": [link.span_id.hex() for link in links],
-                    "Links.TraceState": [link.trace_state for link in links],
-                    "Links.Attributes": [attributes(link.attributes) for link in links],
-                })
+                    "StatusCode": STATUS_CODES[status.code] if status.code < 3 else "Unset",
+                }
+                # Empty fields are left out: ClickHouse fills column defaults,
+                # and most spans have no events, links or status message.
+                if span.trace_state:
+                    row["TraceState"] = span.trace_state
+                if status.message:
+                    row["StatusMessage"] = status.message
+                events = span.events
+                if events:
+                    row["Events.Timestamp"] = [timestamp(e.time_unix_nano) for e in events]
+                    row["Events.Name"] = [e.name for e in events]
+                    row["Events.Attributes"] = [attributes(e.attributes) for e in events]
+                links = span.links
+                if links:
+                    row["Links.TraceId"] = [link.trace_id.hex() for link in links]
+                    row["Links.SpanId"] = [link.span_id.hex() for link in links]
+                    row["Links.TraceState"] = [link.trace_state for link in links]
+                    row["Links.Attributes"] = [attributes(link.attributes) for link in links]
+                rows.add("otel_traces", row)
                 rows.accepted += 1
     return rows
 
@@ -344,3 +357,39 @@ def to_rows(signal: str, request, tenant: str | None, price: Pricer | None) -> R
 def encode_rows(rows: list[Mapping]) -> bytes:
     """A JSONEachRow block (ClickHouse accepts a JSON array of row objects)."""
     return orjson.dumps(rows)
+
+
+@dataclass
+class Converted:
+    """One request, ready for the writer: (table, JSONEachRow block, row count) per table."""
+
+    blocks: list[tuple[str, bytes, int]]
+    accepted: int
+    rejected: int
+    error_message: str
+    unknown_models: list[str]
+
+
+_pricer = None
+
+
+def warm_up() -> None:
+    """Load the price data in a fresh worker before the first request needs it."""
+    convert("traces", b"", False, None)
+
+
+def convert(signal: str, body: bytes | None, is_json: bool, tenant: str | None, message=None) -> Converted:
+    """Decode and convert one request. Pure and picklable: the receiver runs it in
+    worker processes, since converting spans in Python is CPU-bound."""
+    global _pricer
+    if _pricer is None:
+        from agentwatch.collector.receiver.pricing import Pricer
+
+        _pricer = Pricer()
+    if message is None:
+        message = decode(signal, body, is_json)
+    unknown: list[str] = []
+    _pricer.on_unknown = unknown.append
+    rows = to_rows(signal, message, tenant, _pricer)
+    blocks = [(table, encode_rows(table_rows), len(table_rows)) for table, table_rows in rows.tables.items()]
+    return Converted(blocks, rows.accepted, rows.rejected, rows.error_message, unknown)

@@ -54,7 +54,7 @@ class Pricer:
     """Prices spans in place. `on_unknown(model)` is called once per span priced at NULL."""
 
     def __init__(self, on_unknown: Callable[[str], None] | None = None):
-        self._on_unknown = on_unknown
+        self.on_unknown = on_unknown
         self._warned: set[str] = set()
 
     def __call__(self, attrs: dict[str, str], start_ns: int) -> float | None:
@@ -73,8 +73,8 @@ class Pricer:
         day = start_ns // 86_400_000_000_000
         cost = self.cost(provider, model, day, input_tokens, cached, output_tokens)
         if cost is None:
-            if self._on_unknown:
-                self._on_unknown(model)
+            if self.on_unknown:
+                self.on_unknown(model)
             if model not in self._warned:
                 self._warned.add(model)
                 log.warning("no price known for model %r (provider %r): its spans get no cost", model, provider)

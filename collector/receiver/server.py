@@ -14,7 +14,9 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -23,14 +25,13 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from agentwatch.collector.receiver import otlp
 from agentwatch.collector.receiver.api_keys import KeyStore
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
-from agentwatch.collector.receiver.pricing import Pricer
 from agentwatch.collector.receiver.writer import BatchWriter, Chunk, QueueFull
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ RESPONSES = {
     "metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
     "logs": (logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records"),
 }
+GRPC_SERVICES = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+}
 
 
 @dataclass
@@ -54,7 +60,9 @@ class ReceiverConfig:
     max_queue_bytes: int = 512 << 20  # accepted but unwritten; beyond it requests get 503
     retry_after_s: int = 1
     flush_interval_s: float = 0.2
-    decode_threads: int = 2
+    # Converting OTLP to rows is CPU-bound Python: worker processes spread it
+    # over the cores (0 converts in threads of this process).
+    decode_processes: int = min(4, os.cpu_count() or 1)
 
 
 class Rejected(Exception):
@@ -73,8 +81,7 @@ class Receiver:
                                   flush_interval_s=self.config.flush_interval_s, metrics=self.metrics)
         self._connect = connect
         self.keys: KeyStore | None = None
-        self.pricer = Pricer(on_unknown=lambda model: self.metrics.unknown_model.labels(model).inc())
-        self._pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="agentwatch-decode")
+        self._pool: Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -87,6 +94,14 @@ class Receiver:
 
     def start(self) -> Receiver:
         self.keys = KeyStore(self._connect())
+        if self.config.decode_processes > 0:
+            # spawn, not fork: this process holds the embedded engine and threads.
+            self._pool = ProcessPoolExecutor(self.config.decode_processes,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            for warm in [self._pool.submit(otlp.warm_up) for _ in range(self.config.decode_processes)]:
+                warm.result()
+        else:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-decode")
         self.writer.start()
         self._thread = threading.Thread(target=self._serve_forever, name="agentwatch-receiver", daemon=True)
         self._thread.start()
@@ -104,7 +119,8 @@ class Receiver:
             self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread:
             self._thread.join(60)
-        self._pool.shutdown(wait=True)
+        if self._pool:
+            self._pool.shutdown(wait=True)
         self.writer.close()
 
     def flush(self, timeout_s: float = 60) -> bool:
@@ -135,9 +151,13 @@ class Receiver:
             limit = self.config.max_request_bytes
             server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                               ("grpc.max_send_message_length", 16 << 20)])
-            trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_GrpcService(self, "traces"), server)
-            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_GrpcService(self, "metrics"), server)
-            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_GrpcService(self, "logs"), server)
+            # Raw-bytes handlers: requests go to the conversion workers undecoded.
+            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    self._grpc_handler(signal),
+                    request_deserializer=None,
+                    response_serializer=lambda message: message.SerializeToString()),
+            }) for signal, service in GRPC_SERVICES.items()])
             self.grpc_port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
             await server.start()
         self._ready.set()
@@ -155,35 +175,33 @@ class Receiver:
                            "missing or invalid API key (Authorization: Bearer <key>)")
         return tenant
 
-    def _ingest(self, signal: str, message, tenant: str | None) -> otlp.Rows:
-        """Decoded request -> queued rows. Runs in the decode pool."""
-        rows = otlp.to_rows(signal, message, tenant, self.pricer)
-        chunks = [Chunk(table, otlp.encode_rows(table_rows), len(table_rows))
-                  for table, table_rows in rows.tables.items()]
-        if chunks:
+    async def _ingest(self, signal: str, transport: str, body: bytes, is_json: bool,
+                      tenant: str | None) -> otlp.Converted:
+        """Request body -> rows queued for the writer, or Rejected."""
+        try:
+            converted = await self._loop.run_in_executor(self._pool, otlp.convert, signal, body, is_json, tenant)
+        except otlp.BadRequest as error:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
+        if converted.blocks:
             try:
-                self.writer.submit(chunks)
+                self.writer.submit([Chunk(table, block, count) for table, block, count in converted.blocks])
             except QueueFull as error:
                 raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "queue_full",
                                f"receiver is busy ({error}); retry later") from None
-        self.metrics.received.labels(signal).inc(rows.accepted)
-        if rows.rejected:
-            self.metrics.rejected.labels(signal, "invalid").inc(rows.rejected)
-        return rows
+        self.metrics.received.labels(signal).inc(converted.accepted)
+        if converted.rejected:
+            self.metrics.rejected.labels(signal, "invalid").inc(converted.rejected)
+        for model in converted.unknown_models:
+            self.metrics.unknown_model.labels(model).inc()
+        self.metrics.requests.labels(signal, transport, "partial" if converted.rejected else "ok").inc()
+        return converted
 
-    def _decode_and_ingest(self, signal: str, body: bytes, is_json: bool, tenant: str | None) -> otlp.Rows:
-        try:
-            message = otlp.decode(signal, body, is_json)
-        except otlp.BadRequest as error:
-            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
-        return self._ingest(signal, message, tenant)
-
-    def _response(self, signal: str, rows: otlp.Rows):
+    def _response(self, signal: str, converted: otlp.Converted):
         response_type, rejected_field = RESPONSES[signal]
         response = response_type()
-        if rows.rejected:
-            setattr(response.partial_success, rejected_field, rows.rejected)
-            response.partial_success.error_message = rows.error_message
+        if converted.rejected:
+            setattr(response.partial_success, rejected_field, converted.rejected)
+            response.partial_success.error_message = converted.error_message
         return response
 
     # --- HTTP -------------------------------------------------------------------
@@ -198,15 +216,13 @@ class Receiver:
                 tenant = self._authorize(request.headers.get("Authorization")
                                          or request.headers.get("x-agentwatch-api-key"))
                 body = await self._read_body(request)
-                rows = await self._loop.run_in_executor(self._pool, self._decode_and_ingest,
-                                                        signal, body, is_json, tenant)
+                converted = await self._ingest(signal, "http", body, is_json, tenant)
             except Rejected as rejected:
                 self.metrics.bad_requests.labels(rejected.reason).inc()
                 self.metrics.requests.labels(signal, "http", rejected.reason).inc()
                 headers = {"Retry-After": str(self.config.retry_after_s)} if rejected.http_status == 503 else {}
                 return _status_response(rejected.http_status, rejected.grpc_code, str(rejected), is_json, headers)
-            self.metrics.requests.labels(signal, "http", "partial" if rows.rejected else "ok").inc()
-            response = self._response(signal, rows)
+            response = self._response(signal, converted)
             if is_json:
                 return web.Response(body=json_format.MessageToJson(response, indent=None).encode(),
                                     content_type=JSON)
@@ -242,6 +258,20 @@ class Receiver:
             raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", "gzip body is truncated")
         return data
 
+    def _grpc_handler(self, signal: str):
+        async def export(body: bytes, context: grpc.aio.ServicerContext):
+            metadata = dict(context.invocation_metadata() or ())
+            try:
+                tenant = self._authorize(metadata.get("authorization") or metadata.get("x-agentwatch-api-key"))
+                converted = await self._ingest(signal, "grpc", body, False, tenant)
+            except Rejected as rejected:
+                self.metrics.bad_requests.labels(rejected.reason).inc()
+                self.metrics.requests.labels(signal, "grpc", rejected.reason).inc()
+                await context.abort(rejected.grpc_code, str(rejected))
+            return self._response(signal, converted)
+
+        return export
+
     async def _healthz(self, request: web.Request) -> web.Response:
         healthy = self.writer._thread.is_alive()
         return web.json_response({
@@ -263,25 +293,3 @@ def _status_response(http_status: int, code: grpc.StatusCode, message: str, is_j
                             content_type=JSON, headers=headers)
     return web.Response(status=http_status, body=status.SerializeToString(), content_type=PROTOBUF,
                         headers=headers)
-
-
-class _GrpcService(trace_service_pb2_grpc.TraceServiceServicer,
-                   metrics_service_pb2_grpc.MetricsServiceServicer,
-                   logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: Receiver, signal: str):
-        self._receiver = receiver
-        self._signal = signal
-
-    async def Export(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC method name)
-        receiver = self._receiver
-        metadata = dict(context.invocation_metadata() or ())
-        try:
-            tenant = receiver._authorize(metadata.get("authorization") or metadata.get("x-agentwatch-api-key"))
-            rows = await receiver._loop.run_in_executor(receiver._pool, receiver._ingest,
-                                                        self._signal, request, tenant)
-        except Rejected as rejected:
-            receiver.metrics.bad_requests.labels(rejected.reason).inc()
-            receiver.metrics.requests.labels(self._signal, "grpc", rejected.reason).inc()
-            await context.abort(rejected.grpc_code, str(rejected))
-        receiver.metrics.requests.labels(self._signal, "grpc", "partial" if rows.rejected else "ok").inc()
-        return receiver._response(self._signal, rows)

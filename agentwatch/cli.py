@@ -1,0 +1,145 @@
+"""The `agentwatch` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from agentwatch import config
+from agentwatch.schemas import migrate, store
+
+log = logging.getLogger("agentwatch")
+
+
+def _connect_factory(settings: config.Settings):
+    return lambda: store.connect(settings.dsn, settings.database)
+
+
+def _prepare_store(settings: config.Settings):
+    client = store.connect(settings.dsn, settings.database)
+    applied = migrate.apply(client)
+    if applied:
+        log.info("schema: applied %s", ", ".join(applied))
+    return client
+
+
+def _start_receiver(settings: config.Settings, http_port: int | None = None, grpc_port: int | None = None):
+    from agentwatch.collector.receiver import Receiver, ReceiverConfig
+
+    receiver_config = ReceiverConfig(
+        host=settings.listen_host,
+        http_port=settings.otlp_http_port if http_port is None else http_port,
+        grpc_port=settings.otlp_grpc_port if grpc_port is None else grpc_port,
+        max_request_bytes=settings.max_request_bytes,
+        max_queue_bytes=settings.max_queue_bytes,
+    )
+    return Receiver(_connect_factory(settings), receiver_config).start()
+
+
+def _wait_for_termination() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_serve(args, settings: config.Settings) -> int:
+    """`up` and `collector`: the receiver (and, in `up`, every other component) until SIGTERM."""
+    _prepare_store(settings)
+    receiver = _start_receiver(settings)
+    print(f"agentwatch {args.command}: OTLP/HTTP on {settings.listen_host}:{receiver.http_port}, "
+          f"OTLP/gRPC on {settings.listen_host}:{receiver.grpc_port}, store {settings.dsn} "
+          f"database {settings.database}", flush=True)
+    _wait_for_termination()
+    log.info("stopping: writing everything accepted")
+    receiver.stop()
+    print(f"agentwatch {args.command}: stopped after writing {receiver.writer.written_rows} rows", flush=True)
+    return 0
+
+
+def cmd_schema(args, settings: config.Settings) -> int:
+    client = store.connect(settings.dsn, settings.database)
+    applied = migrate.apply(client)
+    print("applied: " + (", ".join(applied) if applied else "nothing (schema is up to date)"))
+    return 0
+
+
+def cmd_keys(args, settings: config.Settings) -> int:
+    from agentwatch.collector.receiver import api_keys
+
+    client = _prepare_store(settings)
+    if args.action == "create":
+        key = api_keys.create_key(client, args.tenant, args.name or "")
+        print(key)
+        print(f"(API key for tenant {args.tenant!r}; shown once, only its hash is stored)", file=sys.stderr)
+    elif args.action == "revoke":
+        api_keys.revoke_key(client, args.key)
+        print("revoked")
+    else:
+        for key_hash, tenant, name, created, revoked in client.query(
+                "SELECT KeyHash, Tenant, Name, CreatedAt, Revoked FROM api_keys FINAL ORDER BY CreatedAt").result_rows:
+            print(f"{key_hash[:16]}…  {tenant:<20} {name:<20} {created:%Y-%m-%d %H:%M}  "
+                  f"{'revoked' if revoked else 'active'}")
+    return 0
+
+
+def cmd_demo(args, settings: config.Settings) -> int:
+    from agentwatch import demo_command
+
+    return demo_command.run(args, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentwatch", description=__doc__)
+    parser.add_argument("--config", help="path to agentwatch.toml")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("up", help="run every component in one process on the embedded store")
+    commands.add_parser("collector", help="run the OTLP receiver")
+
+    schema = commands.add_parser("schema", help="manage the ClickHouse schema")
+    schema.add_argument("action", choices=["apply"])
+
+    keys = commands.add_parser("keys", help="manage receiver API keys (tenant per key)")
+    keys_actions = keys.add_subparsers(dest="action", required=True)
+    create = keys_actions.add_parser("create")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name")
+    revoke = keys_actions.add_parser("revoke")
+    revoke.add_argument("key", help="the key, or its SHA-256 hex digest")
+    keys_actions.add_parser("list")
+
+    demo = commands.add_parser("demo", help="simulate a multi-tenant agent fleet with labelled incidents")
+    pace = demo.add_mutually_exclusive_group()
+    pace.add_argument("--fast-forward", dest="fast_forward", action="store_true", default=True,
+                      help="simulate the span timestamps of --duration seconds in a few seconds (default)")
+    pace.add_argument("--real-time", dest="fast_forward", action="store_false",
+                      help="run in real time for --duration seconds")
+    demo.add_argument("--duration", type=float, default=3600.0, help="seconds of fleet activity (default 3600)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--tenants", type=int, default=6)
+    demo.add_argument("--no-incidents", dest="incidents", action="store_false",
+                      help="normal traffic only")
+    demo.add_argument("--endpoint", help="send to a running receiver (e.g. http://127.0.0.1:4318) instead of "
+                                         "starting one in this process")
+    demo.add_argument("--labels", help="also write the incident labels to this JSON file")
+    return parser
+
+
+COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = config.load(args.config)
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
