@@ -8,6 +8,7 @@ key's tenant overrides whatever tenant the spans claim.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -15,6 +16,11 @@ import time
 from clickhouse_connect.driver.client import Client
 
 KEY_PREFIX = "aw_"
+log = logging.getLogger(__name__)
+
+
+class KeysUnavailable(Exception):
+    """The key table could not be read yet: answer 503 so the exporter retries."""
 
 
 def digest(key: str) -> str:
@@ -43,11 +49,19 @@ class KeyStore:
         self._client = client
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, str] | None = None
         self._loaded_at = 0.0
 
     def _load(self) -> None:
-        rows = self._client.query("SELECT KeyHash, Tenant FROM api_keys FINAL WHERE NOT Revoked").result_rows
+        try:
+            rows = self._client.query("SELECT KeyHash, Tenant FROM api_keys FINAL WHERE NOT Revoked").result_rows
+        except Exception as error:
+            # Keep serving with the keys last read; with none read yet, refuse retryably.
+            log.warning("cannot read API keys: %s", error)
+            if self._keys is None:
+                raise KeysUnavailable(str(error)) from None
+            self._loaded_at = time.monotonic()
+            return
         self._keys = dict(rows)
         self._loaded_at = time.monotonic()
 

@@ -52,9 +52,13 @@ class Rows:
         return "; ".join(self.errors)
 
 
-def timestamp(ns: int) -> str:
-    # ClickHouse reads "seconds.nanoseconds" into DateTime64(9) exactly; a bare
-    # integer would be taken as seconds.
+def timestamp(ns: int) -> str | int:
+    # ClickHouse reads "seconds.nanoseconds" into DateTime64(9) exactly (a bare
+    # integer would be taken as seconds). Before 1973 that string has fewer than
+    # nine integer digits and is parsed as a date instead: those (in practice
+    # an unset 0) go as whole seconds.
+    if ns < 100_000_000_000_000_000:
+        return ns // 1_000_000_000
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 

@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from agentwatch.collector.receiver import otlp
-from agentwatch.collector.receiver.api_keys import KeyStore
+from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
 from agentwatch.collector.receiver.writer import BatchWriter, Chunk, QueueFull
 
@@ -141,7 +141,8 @@ class Receiver:
             app.router.add_post(f"/v1/{signal}", self._http_handler(signal))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
-        runner = web.AppRunner(app, access_log=None)
+        # Bodies are inflated here, under the size limit, not by aiohttp.
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.http_port)
         await site.start()
@@ -169,7 +170,11 @@ class Receiver:
     # --- shared ingest path -----------------------------------------------------
 
     def _authorize(self, header: str | None) -> str | None:
-        allowed, tenant = self.keys.tenant_for(header)
+        try:
+            allowed, tenant = self.keys.tenant_for(header)
+        except KeysUnavailable as error:
+            raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "store_unavailable",
+                           f"cannot check API keys yet ({error}); retry later") from None
         if not allowed:
             raise Rejected(401, grpc.StatusCode.UNAUTHENTICATED, "unauthorized",
                            "missing or invalid API key (Authorization: Bearer <key>)")
