@@ -363,3 +363,25 @@ def test_healthz_and_prometheus_metrics(receiver):
         assert name in text
     assert metric_value(receiver, "agentwatch_receiver_written_rows_total", table="otel_traces") > 0
     assert json.loads(health.text)["written_rows"] > 0
+
+
+def test_logs_reach_otel_logs_with_their_trace_context(receiver, client):
+    import logging
+
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+
+    logger_provider = LoggerProvider(resource=Resource.create({"service.name": "log-agent"}))
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=url(receiver, "logs"))))
+    logger = logging.getLogger("agent.audit")
+    logger.propagate = False
+    logger.addHandler(LoggingHandler(logger_provider=logger_provider))
+    tracer_provider = TracerProvider()
+    with tracer_provider.get_tracer("t").start_as_current_span("tool call") as span:
+        logger.warning("refund tool called twice for order %s", 991)
+    logger_provider.shutdown()
+    receiver.flush()
+    rows = client.query("SELECT Body, SeverityText, TraceId FROM otel_logs WHERE ServiceName = 'log-agent'").result_rows
+    assert rows == [("refund tool called twice for order 991", "WARN",
+                     format(span.get_span_context().trace_id, "032x"))]

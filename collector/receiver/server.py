@@ -63,6 +63,9 @@ class ReceiverConfig:
     # Converting OTLP to rows is CPU-bound Python: worker processes spread it
     # over the cores (0 converts in threads of this process).
     decode_processes: int = min(4, os.cpu_count() or 1)
+    # Requests of few large spans convert in a thread here: their conversion is
+    # mostly copying, which shipping them to a worker would only double.
+    convert_here_above_bytes: int = 1 << 20
 
 
 class Rejected(Exception):
@@ -82,6 +85,7 @@ class Receiver:
         self._connect = connect
         self.keys: KeyStore | None = None
         self._pool: Executor | None = None
+        self._threads = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-convert")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -101,7 +105,7 @@ class Receiver:
             for warm in [self._pool.submit(otlp.warm_up) for _ in range(self.config.decode_processes)]:
                 warm.result()
         else:
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-decode")
+            self._pool = self._threads
         self.writer.start()
         self._thread = threading.Thread(target=self._serve_forever, name="agentwatch-receiver", daemon=True)
         self._thread.start()
@@ -121,6 +125,7 @@ class Receiver:
             self._thread.join(60)
         if self._pool:
             self._pool.shutdown(wait=True)
+        self._threads.shutdown(wait=True)
         self.writer.close()
 
     def flush(self, timeout_s: float = 60) -> bool:
@@ -184,7 +189,8 @@ class Receiver:
                       tenant: str | None) -> otlp.Converted:
         """Request body -> rows queued for the writer, or Rejected."""
         try:
-            converted = await self._loop.run_in_executor(self._pool, otlp.convert, signal, body, is_json, tenant)
+            executor = self._threads if len(body) > self.config.convert_here_above_bytes else self._pool
+            converted = await self._loop.run_in_executor(executor, otlp.convert, signal, body, is_json, tenant)
         except otlp.BadRequest as error:
             raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
         if converted.blocks:
