@@ -1,0 +1,21 @@
+"""The drop-in SDK: OpenTelemetry setup, decorators, usage and credential API, GPU sampler."""
+
+from . import credentials
+from .decorators import agent, llm, span, tool
+from .settings import tenant
+from .telemetry import Telemetry, flush, init, shutdown
+from .usage import record_usage
+
+__all__ = [
+    "Telemetry",
+    "agent",
+    "credentials",
+    "flush",
+    "init",
+    "llm",
+    "record_usage",
+    "shutdown",
+    "span",
+    "tenant",
+    "tool",
+]
