@@ -6,6 +6,8 @@ Contenders, measured in the same run, on the same decorated function
   bare_call            the undecorated function (reference floor)
   otel_span            `with tracer.start_as_current_span("x"): return work(...)`
                        on an SDK TracerProvider (the 1.0x reference)
+  otel_span_manual_tool  the same span written by hand with the attributes
+                       @agentwatch.tool records (what the attributes cost in OTel)
   agentwatch_*         @agentwatch.agent / tool / llm / span, content capture on
                        (default) and off (capture=False), and on async functions
   langfuse_observe*    langfuse's @observe (runs on OpenTelemetry)
@@ -135,6 +137,19 @@ def build_contenders(only: str | None) -> tuple[list[Contender], dict]:
             return await awork(query, k)
 
     add(Contender("otel_span", otel_span, provider=otel_tp, exporter=otel_exp))
+    import orjson
+
+    def otel_span_manual_tool(query, k):
+        # What @agentwatch.tool records, written by hand against the OTel API:
+        # the cost of the attributes themselves, without any decorator.
+        with otel_tracer.start_as_current_span("execute_tool search", attributes={
+                "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}) as span:
+            span.set_attribute("gen_ai.tool.call.arguments", orjson.dumps({"query": query, "k": k}).decode())
+            result = work(query, k)
+            span.set_attribute("gen_ai.tool.call.result", orjson.dumps(result).decode())
+            return result
+
+    add(Contender("otel_span_manual_tool", otel_span_manual_tool, provider=otel_tp, exporter=otel_exp))
     add(Contender("bare_call_async", awork, is_async=True))
     add(Contender("otel_span_async", otel_span_async, True, otel_tp, otel_exp))
 

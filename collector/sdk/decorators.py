@@ -62,18 +62,6 @@ class _Call:
         self.capture = capture
 
 
-class _StartAttributes:
-    """Stands in for the span while its start attributes are still being gathered."""
-
-    __slots__ = ("attributes",)
-
-    def __init__(self, attributes: dict) -> None:
-        self.attributes = attributes
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        self.attributes[key] = value
-
-
 class _Instrumentation:
     """What one decorator starts and captures; subclasses say what differs per kind."""
 
@@ -115,28 +103,22 @@ class _Instrumentation:
             if scope.tenant is not None:
                 attributes[TENANT_ID] = scope.tenant
             child_scope = self.scope_attributes(attributes, scope)
-            capture = self.capture is not False and settings.capture_content
-        except Exception:
-            warn_once("start", "agentwatch could not start a span; running uninstrumented")
-            return None
-        if capture and arguments is not None:
-            # Captured arguments join the start attributes: one pass through the
-            # SDK's attribute checks instead of a set_attribute call of their own.
-            try:
-                self.capture_input(_StartAttributes(attributes), arguments.bind(args, kwargs))
-            except Exception:
-                warn_once("arguments", "agentwatch could not capture arguments")
-        try:
             span = settings.tracer.start_span(
                 self.span_name, kind=self.span_kind, attributes=attributes, start_time=now()
             )
             context = trace.set_span_in_context(span)
             if child_scope is not None:
                 context = otel_context.set_value(SCOPE_KEY, child_scope, context)
-            return _Call(span, context, capture and span.is_recording())
+            call = _Call(span, context, self.capture is not False and settings.capture_content and span.is_recording())
         except Exception:
             warn_once("start", "agentwatch could not start a span; running uninstrumented")
             return None
+        if call.capture and arguments is not None:
+            try:
+                self.capture_input(call.span, arguments.bind(args, kwargs))
+            except Exception:
+                warn_once("arguments", "agentwatch could not capture arguments")
+        return call
 
     def _finish(self, call: _Call, token: object | None, output: Any = None) -> None:
         if token is not None:
