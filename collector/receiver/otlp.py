@@ -156,7 +156,7 @@ def decode(signal: str, body: bytes, is_json: bool):
 
 # --- traces -------------------------------------------------------------------
 
-Pricer = Callable[[dict[str, str], int], "float | None"]
+PriceSpan = Callable[[dict[str, str], int], "float | None"]
 
 
 def _tenant_override(attrs: dict[str, str], tenant: str) -> None:
@@ -166,7 +166,7 @@ def _tenant_override(attrs: dict[str, str], tenant: str) -> None:
     attrs[TENANT_ID] = tenant
 
 
-def trace_rows(request, tenant: str | None, price: Pricer | None, rows: Rows | None = None) -> Rows:
+def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None) -> Rows:
     """Rows for otel_traces. `tenant` (from an API key) overrides what spans claim."""
     rows = rows or Rows()
     for resource_spans in request.resource_spans:
@@ -350,7 +350,7 @@ def log_rows(request, tenant: str | None, rows: Rows | None = None) -> Rows:
     return rows
 
 
-def to_rows(signal: str, request, tenant: str | None, price: Pricer | None) -> Rows:
+def to_rows(signal: str, request, tenant: str | None, price: PriceSpan | None) -> Rows:
     if signal == "traces":
         return trace_rows(request, tenant, price)
     if signal == "metrics":

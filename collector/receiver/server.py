@@ -284,7 +284,7 @@ class Receiver:
         return export
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        healthy = self.writer._thread.is_alive()
+        healthy = self.writer.alive
         return web.json_response({
             "status": "ok" if healthy else "writer stopped",
             "queue_bytes": self.writer.queued_bytes,

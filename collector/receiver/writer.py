@@ -55,6 +55,10 @@ class BatchWriter:
         self._thread.start()
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
