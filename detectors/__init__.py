@@ -1,0 +1,1 @@
+"""Streaming detectors over ClickHouse, their evaluation, and the alert dispatcher."""
