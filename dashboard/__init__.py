@@ -1,0 +1,1 @@
+"""The Streamlit replay dashboard: overview, anomalies, trace replay, costs, credentials, GPUs."""
