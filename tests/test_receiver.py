@@ -385,3 +385,19 @@ def test_logs_reach_otel_logs_with_their_trace_context(receiver, client):
     rows = client.query("SELECT Body, SeverityText, TraceId FROM otel_logs WHERE ServiceName = 'log-agent'").result_rows
     assert rows == [("refund tool called twice for order 991", "WARN",
                      format(span.get_span_context().trace_id, "032x"))]
+
+
+def test_a_killed_conversion_worker_is_replaced_and_the_receiver_keeps_serving(dsn, database, client):
+    worker_receiver = start_receiver(dsn, database, grpc_port=None)
+    try:
+        for pid in list(worker_receiver._pool._processes):
+            os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
+        time.sleep(0.5)
+        first = httpx.post(url(worker_receiver), content=otlp_request(os.urandom(16)), headers=PROTOBUF)
+        assert first.status_code in (200, 503)  # 503 + retry while new workers start; never a crash
+        trace_id = os.urandom(16)
+        assert httpx.post(url(worker_receiver), content=otlp_request(trace_id), headers=PROTOBUF).status_code == 200
+        worker_receiver.flush()
+        assert count(client, "SELECT count() FROM otel_traces WHERE TraceId = {t:String}", t=trace_id.hex()) == 1
+    finally:
+        worker_receiver.stop()

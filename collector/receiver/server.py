@@ -16,7 +16,10 @@ import zlib
 from collections.abc import Callable
 import multiprocessing
 import os
+import sys
+import types
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import grpc
@@ -85,6 +88,7 @@ class Receiver:
         self._connect = connect
         self.keys: KeyStore | None = None
         self._pool: Executor | None = None
+        self._pool_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-convert")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -98,14 +102,7 @@ class Receiver:
 
     def start(self) -> Receiver:
         self.keys = KeyStore(self._connect())
-        if self.config.decode_processes > 0:
-            # spawn, not fork: this process holds the embedded engine and threads.
-            self._pool = ProcessPoolExecutor(self.config.decode_processes,
-                                             mp_context=multiprocessing.get_context("spawn"))
-            for warm in [self._pool.submit(otlp.warm_up) for _ in range(self.config.decode_processes)]:
-                warm.result()
-        else:
-            self._pool = self._threads
+        self._pool = self._start_workers() if self.config.decode_processes > 0 else self._threads
         self.writer.start()
         self._thread = threading.Thread(target=self._serve_forever, name="agentwatch-receiver", daemon=True)
         self._thread.start()
@@ -116,6 +113,30 @@ class Receiver:
         log.info("OTLP receiver on http://%s:%s%s", self.config.host, self.http_port,
                  f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "")
         return self
+
+    def _start_workers(self) -> ProcessPoolExecutor:
+        # spawn, not fork: this process holds the embedded engine and threads.
+        # A spawned child re-imports the parent's __main__ by path; these
+        # workers need nothing from it, and a main that does work on import (a
+        # script without a __main__ guard, a Streamlit page) must not run in
+        # them, so a blank __main__ stands in while they start (all start here).
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            pool = ProcessPoolExecutor(self.config.decode_processes, mp_context=multiprocessing.get_context("spawn"))
+            for warm in [pool.submit(otlp.warm_up) for _ in range(self.config.decode_processes)]:
+                warm.result()
+        finally:
+            sys.modules["__main__"] = main
+        return pool
+
+    def _replace_broken_workers(self, broken: Executor) -> None:
+        """A worker died (killed, out of memory): start a fresh pool, once per breakage."""
+        with self._pool_lock:
+            if self._pool is broken:
+                log.error("a conversion worker process died; starting new workers")
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start_workers()
 
     def stop(self) -> None:
         """Stop listening, then write everything accepted before returning."""
@@ -190,7 +211,12 @@ class Receiver:
         """Request body -> rows queued for the writer, or Rejected."""
         try:
             executor = self._threads if len(body) > self.config.convert_here_above_bytes else self._pool
-            converted = await self._loop.run_in_executor(executor, otlp.convert, signal, body, is_json, tenant)
+            try:
+                converted = await self._loop.run_in_executor(executor, otlp.convert, signal, body, is_json, tenant)
+            except BrokenProcessPool:
+                await self._loop.run_in_executor(self._threads, self._replace_broken_workers, executor)
+                raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "workers_restarting",
+                               "conversion workers are restarting; retry") from None
         except otlp.BadRequest as error:
             raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
         if converted.blocks:
