@@ -1,0 +1,99 @@
+"""The whole path on the demo's labelled scenario: SDK -> OTLP -> receiver -> store ->
+detector worker -> anomalies -> alert dispatcher -> a JSON webhook on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import agentwatch
+from agentwatch import demo
+from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
+from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+from agentwatch.schemas import store
+from tests.helpers import fresh_database, start_receiver
+
+ALERT_KEYS = {"kind", "severity", "tenant", "agent", "trace_id", "summary", "detected_at", "status", "url"}
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scenario(dsn):
+    """An hour of the fleet with its five incidents, sent over OTLP into a fresh database."""
+    database = fresh_database(dsn, "t_detect_pipeline")
+    receiver = start_receiver(dsn, database, grpc_port=None)
+    try:
+        clock = demo.make_clock(time.time_ns() - 3600 * 10**9)
+        telemetry = agentwatch.init("demo-fleet", endpoint=f"http://127.0.0.1:{receiver.http_port}", clock=clock,
+                                    gpu_interval=None, max_queue_size=65_536)
+        result = demo.run_fleet(duration_s=3600, fast_forward=True, incidents=True, seed=11, start_ns=clock())
+        assert telemetry.flush(timeout_s=120)
+        agentwatch.shutdown()
+        assert receiver.flush(timeout_s=120)
+    finally:
+        receiver.stop()
+    return database, result
+
+
+def alerts(received: list[dict]) -> list[dict]:
+    """Every alert, with grouped notifications unfolded."""
+    return [alert for body in received for alert in (body.get("anomalies") or [body])]
+
+
+def test_every_incident_reaches_the_webhook_once_with_its_kind_and_tenant(dsn, scenario, webhook_url):
+    database, result = scenario
+
+    def connect():
+        return store.connect(dsn, database)
+
+    # A worker that dies half way through the stream, then a fresh one resuming from its checkpoint.
+    first = DetectorWorker(connect, DetectorConfig())
+    for _ in range(3):
+        first.run_once(max_rows=4_000)
+    del first
+    resumed = DetectorWorker(connect, DetectorConfig())
+    while resumed.run_once(max_rows=20_000):
+        pass
+
+    config = AlertConfig(webhook_urls=[webhook_url], backoff_s=0.05)
+    Webhook.received.clear()
+    for _ in range(2):  # the second, a restarted dispatcher, must send nothing again
+        dispatcher = AlertDispatcher(connect, config)
+        dispatcher.run_once()
+        dispatcher.close()
+    sent = [alert for alert in alerts(Webhook.received) if alert.get("event", "new") == "new"]
+
+    for incident in result.incidents:
+        matching = [alert for alert in sent if alert["kind"] == incident.kind and alert["tenant"] == incident.tenant]
+        assert matching, f"no alert for {incident.kind} in {incident.tenant}: {incident.description}"
+    ids = [alert["anomaly_id"] for alert in sent]
+    assert len(ids) == len(set(ids)), "an anomaly was alerted twice"
+    for alert in sent:
+        assert ALERT_KEYS <= alert.keys()
+        assert alert["url"].startswith("http://localhost:8501/?anomaly=")
+    logged = store.connect(dsn, database).query(
+        "SELECT AnomalyId FROM alert_deliveries WHERE Event = 'new' AND Delivered").result_rows
+    assert sorted(anomaly for (anomaly,) in logged) == sorted(ids)  # every delivery is in the log, once
