@@ -1,0 +1,133 @@
+"""Detection latency in real time: from the first anomalous span's arrival to the alert at the webhook.
+
+One process runs the whole pipeline the way `agentwatch up` does: the OTLP
+receiver on a fresh embedded store, the detector worker and the alert
+dispatcher in their own threads, and a JSON webhook receiver on loopback that
+notes when each alert arrives. First an hour of normal history is
+fast-forwarded through it (so baselines exist), then the demo fleet runs in
+real time with its incidents. A span "arrives" when its row reaches the store
+(`IngestedAt`); latency per incident = first alert of its kind and tenant at
+the webhook minus the earliest arrival of the incident's spans.
+
+    python bench/detection_latency.py [--duration 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Export spans promptly: the OTel batch processor waits 5 s by default.
+os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: list[tuple[float, dict]] = []
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Webhook.received.append((time.time(), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def alerts_by_kind_and_tenant() -> dict[tuple[str, str], float]:
+    first: dict[tuple[str, str], float] = {}
+    for arrived, body in Webhook.received:
+        for alert in body.get("anomalies") or [body]:
+            if alert.get("event", "new") == "new":
+                first.setdefault((alert["kind"], alert["tenant"]), arrived)
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=300, help="seconds of real-time fleet with incidents")
+    parser.add_argument("--history", type=float, default=3600, help="seconds of normal history fast-forwarded first")
+    args = parser.parse_args()
+
+    import agentwatch
+    from agentwatch import demo
+    from agentwatch.collector.receiver import Receiver, ReceiverConfig
+    from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
+    from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+    from agentwatch.schemas import migrate, store
+
+    dsn = f"chdb://{tempfile.mkdtemp(prefix='agentwatch-latency-')}"
+    client = store.connect(dsn, "agentwatch")
+    migrate.apply(client)
+    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+
+    def connect():
+        return store.connect(dsn, "agentwatch")
+
+    receiver = Receiver(connect, ReceiverConfig(http_port=0, grpc_port=None)).start()
+    endpoint = f"http://127.0.0.1:{receiver.http_port}"
+
+    history_end = time.time_ns()
+    clock = demo.make_clock(history_end - int(args.history * 1e9))
+    agentwatch.init("demo-fleet", endpoint=endpoint, clock=clock, gpu_interval=None, max_queue_size=65_536)
+    demo.run_fleet(duration_s=args.history, fast_forward=True, incidents=False, start_ns=clock())
+    agentwatch.flush()
+    receiver.flush()
+
+    stop = threading.Event()
+    worker = DetectorWorker(connect, DetectorConfig.from_env())
+    while worker.run_once():  # learn the history before going live
+        pass
+    dispatcher = AlertDispatcher(connect, AlertConfig(webhook_url=f"http://127.0.0.1:{webhook.server_address[1]}/"))
+    dispatcher.run_once()
+    Webhook.received.clear()
+    threads = [threading.Thread(target=loop, args=(stop,), daemon=True)
+               for loop in (worker.run_forever, dispatcher.run_forever)]
+    for thread in threads:
+        thread.start()
+
+    agentwatch.init("demo-fleet", endpoint=endpoint, gpu_interval=None, max_queue_size=65_536)
+    started = time.perf_counter()
+    result = demo.run_fleet(duration_s=args.duration, fast_forward=False, incidents=True)
+    agentwatch.flush()
+    receiver.flush()
+    time.sleep(15)  # let the last windows close and alerts go out
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    receiver.stop()
+
+    alerts = alerts_by_kind_and_tenant()
+    latencies = {}
+    for incident in result.incidents:
+        arrived = client.query(
+            "SELECT toUnixTimestamp64Micro(min(IngestedAt)) FROM ("
+            " SELECT IngestedAt FROM agent_spans WHERE TraceId = {t:String}"
+            " UNION ALL SELECT IngestedAt FROM credential_events WHERE CredentialId = {c:String}"
+            "  AND Timestamp >= fromUnixTimestamp64Nano({s:Int64}))",
+            parameters={"t": incident.trace_id, "c": incident.credential_id or "-", "s": incident.started_at_ns},
+        ).result_rows[0][0] / 1e6
+        alerted = alerts.get((incident.kind, incident.tenant))
+        latencies[f"{incident.kind}/{incident.tenant}"] = round(alerted - arrived, 2) if alerted else None
+    caught = [value for value in latencies.values() if value is not None]
+    print(json.dumps({
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "real_time_seconds": round(time.perf_counter() - started, 1),
+        "incidents": len(result.incidents), "alerted": len(caught),
+        "latency_seconds_by_incident": latencies,
+        "p50_s": round(statistics.median(caught), 2) if caught else None,
+        "p95_s": round(sorted(caught)[max(0, int(len(caught) * 0.95 + 0.5) - 1)], 2) if caught else None,
+        "max_s": max(caught) if caught else None,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

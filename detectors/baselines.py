@@ -1,0 +1,182 @@
+"""Learned baselines: what is normal for one key (a tenant, a tenant's agent kind, a credential).
+
+Each `Baseline` learns a stream of per-window (or per-trace) values online:
+river's exact rolling mean and variance of the last `window` values
+(`utils.Rolling(stats.Var)`: no start-up bias, unlike an exponentially weighted
+mean seeded with its first value), a slowly decaying peak of the normal values
+it has seen, and, once it has two days of history, an hour-of-day profile
+(daily seasonality). It turns into a threshold only when it
+has enough history (cold start) and never below an absolute floor, so tiny
+numbers never alert:
+
+    threshold = max(floor, mean + sigmas' * std, ratio * mean, peak_factor * peak)
+
+where sigmas' = sigmas * sqrt(1 + min_history / n) widens the band while the
+history is short (n values learned) and tends to `sigmas` as it grows.
+
+Detectors feed a baseline only values from windows that were not anomalous,
+so an incident does not teach the baseline that the incident is normal.
+Everything here pickles (river objects and plain floats) into the worker's
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from river import stats, utils
+
+NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+HOUR_NS = 3_600 * NS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How a learned baseline becomes a threshold, and the hard guard rail beside it."""
+
+    floor: float  # never alert at or below this, whatever the baseline says
+    sigmas: float = 6.0
+    ratio: float = 3.0
+    peak_factor: float = 1.5
+    min_history: int = 10  # values learned before the baseline may flag (cold start)
+    hard: float | None = None  # a configured limit no key may reach, history or not
+
+    def hard_crossed(self, value: float) -> bool:
+        return self.hard is not None and self.hard > 0 and value >= self.hard
+
+
+class Baseline:
+    """The learned normal of one key: rolling mean / variance (river), decaying peak, hourly profile."""
+
+    def __init__(self, window: int = 60, peak_decay: float = 0.995, hourly_fading: float = 0.02,
+                 seasonal_min_days: float = 2.0, seasonal_min_samples: int = 30) -> None:
+        self.stats = utils.Rolling(stats.Var, window_size=window, ddof=0)
+        self.n = 0
+        self.peak = 0.0
+        self.peak_decay = peak_decay
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        # hour-of-day profile: EW mean and variance per UTC hour (arithmetic while a slot has fewer than
+        # 1 / hourly_fading values, so no start-up bias), kept as plain floats (24 x 3)
+        self.hourly_fading = hourly_fading
+        self.seasonal_min_days = seasonal_min_days
+        self.seasonal_min_samples = seasonal_min_samples
+        self.h_mean = [0.0] * 24
+        self.h_var = [0.0] * 24
+        self.h_n = [0] * 24
+
+    # --- learning ---------------------------------------------------------------------------------
+
+    def learn(self, value: float, t_ns: int) -> None:
+        value = float(value)
+        self.stats.update(value)
+        self.n += 1
+        self.peak = max(value, self.peak * self.peak_decay)
+        self.first_ns = t_ns if self.first_ns is None else min(self.first_ns, t_ns)
+        self.last_ns = t_ns if self.last_ns is None else max(self.last_ns, t_ns)
+        h = (t_ns // HOUR_NS) % 24
+        self.h_n[h] += 1
+        a = max(self.hourly_fading, 1.0 / self.h_n[h])
+        delta = value - self.h_mean[h]
+        self.h_mean[h] += a * delta
+        self.h_var[h] = (1 - a) * (self.h_var[h] + a * delta * delta)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def warm(self, limits: Limits) -> bool:
+        return self.n >= limits.min_history
+
+    def seasonal(self, t_ns: int) -> bool:
+        """Daily seasonality is used only once the history spans `seasonal_min_days` days."""
+        if self.first_ns is None or self.last_ns - self.first_ns < self.seasonal_min_days * DAY_NS:
+            return False
+        return self.h_n[(t_ns // HOUR_NS) % 24] >= self.seasonal_min_samples
+
+    def expected(self, t_ns: int) -> tuple[float, float, bool]:
+        """(mean, standard deviation, seasonal?) expected at event time t_ns."""
+        if self.seasonal(t_ns):
+            h = (t_ns // HOUR_NS) % 24
+            return self.h_mean[h], math.sqrt(max(self.h_var[h], 0.0)), True
+        if self.n == 0:
+            return 0.0, 0.0, False
+        return self.stats.obj.mean.get(), math.sqrt(max(self.stats.get(), 0.0)), False
+
+    def threshold(self, t_ns: int, limits: Limits) -> float | None:
+        """The learned threshold at t_ns, or None while the baseline is cold."""
+        if self.n < limits.min_history:
+            return None
+        mean, std, _ = self.expected(t_ns)
+        sigmas = limits.sigmas * math.sqrt(1 + limits.min_history / self.n)
+        return max(limits.floor, mean + sigmas * std, limits.ratio * mean, limits.peak_factor * self.peak)
+
+    def describe(self, t_ns: int, limits: Limits) -> dict:
+        """The baseline as evidence: what normal looks like and the threshold it gives."""
+        mean, std, seasonal = self.expected(t_ns)
+        thr = self.threshold(t_ns, limits)
+        return {"mean": _r(mean), "std": _r(std), "peak": _r(self.peak), "history": self.n,
+                "seasonal": seasonal, "warm": thr is not None, "threshold": _r(thr) if thr is not None else None,
+                "floor": limits.floor, "hard_limit": limits.hard}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+class BaselineBook:
+    """Baselines by key, each created on first use; `lookup` falls back to a wider key while cold."""
+
+    def __init__(self, **baseline_options) -> None:
+        self.options = baseline_options
+        self.by_key: dict[tuple, Baseline] = {}
+
+    def get(self, key: tuple) -> Baseline:
+        baseline = self.by_key.get(key)
+        if baseline is None:
+            baseline = self.by_key[key] = Baseline(**self.options)
+        return baseline
+
+    def peek(self, key: tuple) -> Baseline | None:
+        return self.by_key.get(key)
+
+    def lookup(self, limits: Limits, *keys: tuple) -> tuple[tuple | None, Baseline | None]:
+        """The first warm baseline among `keys` (most specific first), else the first that exists."""
+        first = (None, None)
+        for key in keys:
+            baseline = self.by_key.get(key)
+            if baseline is None:
+                continue
+            if baseline.warm(limits):
+                return key, baseline
+            if first[1] is None:
+                first = (key, baseline)
+        return first
+
+    def learn(self, value: float, t_ns: int, *keys: tuple) -> None:
+        for key in keys:
+            self.get(key).learn(value, t_ns)
+
+    def drop(self, key: tuple) -> None:
+        self.by_key.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+
+def evaluate(value: float, t_ns: int, baseline: Baseline | None, limits: Limits) -> tuple[bool, float, float | None]:
+    """(anomalous?, score, threshold used) of one value against a baseline and its guard rail.
+
+    Score is value / threshold (>= 1 when anomalous); with a cold baseline only the
+    hard limit can flag, and the score is then value / hard limit.
+    """
+    thr = baseline.threshold(t_ns, limits) if baseline is not None else None
+    hard = limits.hard_crossed(value)
+    if thr is not None:
+        score = value / thr if thr > 0 else math.inf
+        if hard and limits.hard:
+            score = max(score, value / limits.hard)
+        return value > thr or hard, score, thr
+    if limits.hard:
+        return hard, value / limits.hard, None
+    return False, 0.0, None

@@ -1,0 +1,116 @@
+"""Detector settings: `DetectorConfig`, from AGENTWATCH_DETECT_* environment variables.
+
+Every field can be set with AGENTWATCH_DETECT_<FIELD NAME IN UPPER CASE>, e.g.
+AGENTWATCH_DETECT_TENANT_BUDGET_USD_PER_MINUTE=25 or
+AGENTWATCH_DETECT_QUIET_PERIOD_S=600. Per-tenant budgets:
+AGENTWATCH_DETECT_TENANT_BUDGETS="acme=5,globex=12.5" (USD per minute; the
+others get tenant_budget_usd_per_minute). A limit of 0 turns that guard rail off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from agentwatch.detectors.baselines import Limits
+
+ENV_PREFIX = "AGENTWATCH_DETECT_"
+
+
+@dataclass
+class DetectorConfig:
+    # --- tailing and checkpoints -----------------------------------------------------------------
+    safety_lag_s: float = 2.0  # read rows ingested up to now64() minus this (inserts still committing)
+    batch_rows: int = 50_000  # rows per table per batch in run_forever
+    start_at_latest: bool = False  # a worker with no checkpoint starts at the end of the tables, not the start
+    # --- event time ----------------------------------------------------------------------------
+    window_s: int = 60  # cost windows (cost per minute)
+    allowed_lateness_s: float = 600.0  # watermark = max event time seen - this; later rows miss closed windows
+    quiet_period_s: float = 300.0  # event time with no anomalous evidence before an anomaly is resolved
+    trace_idle_s: float = 300.0  # a trace whose root never arrived is finished this long after its last span
+    trace_grace_s: float = 60.0  # a trace whose root arrived (it ends last) is finished this long after its last span
+    # --- learned baselines (river) ---------------------------------------------------------------
+    baseline_window: int = 60  # values (windows or traces) the rolling mean / variance remember
+    sigmas: float = 6.0  # threshold >= mean + sigmas * std
+    ratio: float = 3.0  # threshold >= ratio * mean
+    peak_factor: float = 1.5  # threshold >= peak_factor * (slowly decaying) peak of normal values
+    seasonal_min_days: float = 2.0  # hour-of-day baselines once this much history is learned
+    critical_score: float = 3.0  # score (value / threshold) from which an anomaly is critical
+    # --- cost_spike ------------------------------------------------------------------------------
+    tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
+    tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
+    cost_min_usd_per_minute: float = 2.0  # floor: below this no cost spike is raised
+    cost_ratio: float = 6.0  # cost per minute is heavy-tailed (one long reasoning call): threshold >= 6 x mean
+    cost_min_history: int = 10  # minutes learned before a cost baseline may flag
+    # --- fanout ----------------------------------------------------------------------------------
+    fanout_min_history: int = 10  # traces of a root agent kind before its baseline may flag
+    fanout_min_model_calls: int = 200  # floors
+    fanout_min_calls_per_minute: int = 100
+    fanout_min_sub_agents: int = 8
+    fanout_min_invocations: int = 10
+    fanout_min_depth: int = 4
+    fanout_max_model_calls: int = 5_000  # hard guard rails, any agent, any history
+    fanout_max_calls_per_minute: int = 1_000
+    fanout_max_sub_agents: int = 25
+    fanout_max_invocations: int = 50
+    fanout_max_depth: int = 8
+    # --- loop ------------------------------------------------------------------------------------
+    loop_min_history: int = 10  # traces of an agent kind before its baseline may flag
+    loop_min_repeats: int = 5  # floor: same tool + same arguments in one trace
+    loop_max_repeats: int = 20  # hard guard rail
+    # --- credential_fanout -----------------------------------------------------------------------
+    credential_window_s: int = 300
+    credential_min_history: int = 10  # windows learned before a credential's baseline may flag
+    credential_min_agents: int = 10  # floor: distinct agents in the window
+    credential_max_agents: int = 50  # hard guard rail
+    credential_max_tenants: int = 3  # hard guard rail: distinct tenants using one credential in the window
+    credential_idle_ttl_s: float = 7 * 86_400.0  # a credential unused this long (event time) is forgotten
+    # --- writing ---------------------------------------------------------------------------------
+    update_score_step: float = 1.25  # write a new version when the score rose by this factor ...
+    update_last_seen_step_s: float = 60.0  # ... or the condition lasted this much longer
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> DetectorConfig:
+        """Defaults, overridden by AGENTWATCH_DETECT_* variables, overridden by keyword arguments."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw.strip())
+        values.update(overrides)
+        return cls(**values)
+
+    # --- limits the detectors use ------------------------------------------------------------------
+
+    def budget_for(self, tenant: str) -> float:
+        return self.tenant_budgets.get(tenant, self.tenant_budget_usd_per_minute)
+
+    def limits(self, floor: float, min_history: int, hard: float | None = None, ratio: float | None = None) -> Limits:
+        return Limits(floor=floor, sigmas=self.sigmas, ratio=self.ratio if ratio is None else ratio,
+                      peak_factor=self.peak_factor, min_history=min_history, hard=hard if hard else None)
+
+    def baseline_options(self) -> dict:
+        return {"window": self.baseline_window, "seasonal_min_days": self.seasonal_min_days}
+
+
+def _parse(name: str, kind, raw: str):
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind.startswith("dict"):
+            out = {}
+            for part in raw.replace(";", ",").split(","):
+                if part.strip():
+                    key, _, value = part.partition("=")
+                    out[key.strip()] = float(value)
+            return out
+        if kind == "bool":
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(float(raw))
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    return raw

@@ -1,0 +1,298 @@
+"""The streaming detector worker (`agentwatch detect`, and a thread of `agentwatch up`).
+
+It tails `agent_spans` and `credential_events` by IngestedAt, runs the detectors
+of `agentwatch.detectors.rules` over the new rows and writes `anomalies`:
+
+    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env(), shard=(0, 1))
+    worker.run_forever(stop_event)          # or: while worker.run_once(): ...
+
+One batch (`run_once`):
+
+1. read the rows ingested after this shard's position, up to now64() minus a
+   safety lag (an insert still committing must not be skipped), whole
+   IngestedAt groups, at least `max_rows` rows when there are that many, in
+   (IngestedAt, Timestamp, TraceId, SpanId) order; for the tool spans among
+   them, a hash of their arguments from otel_traces;
+2. process them one by one (deterministic: see rules.py);
+3. write a row version for every anomaly that changed materially;
+4. checkpoint: positions and the pickled model state in `detector_state`
+   (Detector='worker', Shard='k/N'), in one row, after the anomalies.
+
+A crash before 4 replays the batch from the previous checkpoint: the same rows
+in the same order give the same decisions and the same AnomalyIds, so the
+replay writes new versions of the same anomalies, never duplicates; none is
+missed since the position only moves with the state that saw the rows.
+
+Sharding: `shard=(k, N)` takes tenants with cityHash64(Tenant) % N = k, filtered
+in SQL. cross_tenant belongs to the actor's tenant, credential_fanout to the
+credential's tenant, so a shard reads the credential events of both and each
+anomaly is raised by exactly one shard.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import pickle
+import threading
+import time
+import zlib
+from collections.abc import Callable
+
+from clickhouse_connect.driver.client import Client
+
+from agentwatch.detectors import anomalies as anomaly_store
+from agentwatch.detectors.anomalies import AnomalyBook
+from agentwatch.detectors.config import DetectorConfig
+from agentwatch.detectors.rules import CredentialDetectors, CredentialRow, SpanDetectors, SpanRow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
+
+DETECTOR = "worker"
+STATE_VERSION = 1
+TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
+ARGS_PREVIEW_CHARS = 300
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'k/N' -> (k, N), 0 <= k < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like k/N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"shard {text!r}: need 0 <= k < N")
+    return k, n
+
+
+class WorkerState:
+    """Everything a worker checkpoints: positions per table and the detectors' state."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.version = STATE_VERSION
+        self.positions = {"agent_spans": 0, "credential_events": 0}  # IngestedAt, microseconds
+        self.spans = SpanDetectors(config)
+        self.credentials = CredentialDetectors(config)
+        self.book = AnomalyBook()
+
+    def encode(self) -> str:
+        """The model state: pickled (river objects included), zlib-compressed, base64."""
+        return base64.b64encode(zlib.compress(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL), 3)).decode()
+
+    @staticmethod
+    def decode(text: str) -> WorkerState:
+        return pickle.loads(zlib.decompress(base64.b64decode(text)))
+
+
+class DetectorWorker:
+    """Tails the store, detects, writes anomalies, checkpoints. One per shard."""
+
+    def __init__(self, connect: Callable[[], Client], config: DetectorConfig | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        k, n = shard
+        if not 0 <= k < n:
+            raise ValueError(f"shard {shard}: need 0 <= k < N")
+        self.connect = connect
+        self.config = config or DetectorConfig.from_env()
+        self.shard = (int(k), int(n))
+        self.shard_name = f"{k}/{n}"
+        self._client: Client | None = None
+        self._state: WorkerState | None = None
+        self.stats = {"batches": 0, "rows": 0, "span_rows": 0, "credential_rows": 0, "anomalies_written": 0,
+                      "last_batch_rows": 0, "last_batch_written": 0, "last_batch_s": 0.0, "checkpoints": 0,
+                      "restores": 0, "errors": 0}
+
+    # --- public ------------------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
+
+    def run_once(self, max_rows: int = 50_000) -> int:
+        """Process one batch of new rows, write anomalies, checkpoint; returns the rows processed."""
+        began = time.perf_counter()
+        client = self.client
+        state = self._state if self._state is not None else self.restore()
+        self._state = None  # until this batch is checkpointed, the checkpoint is the truth
+        span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
+        credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
+                                                                max_rows)
+        rows = len(span_rows) + len(credential_rows)
+        if rows == 0:
+            self._state = state
+            return 0
+        state.spans.process(span_rows, state.book)
+        state.credentials.process(credential_rows, state.book)
+        state.positions["agent_spans"] = max(state.positions["agent_spans"], span_to)
+        state.positions["credential_events"] = max(state.positions["credential_events"], credential_to)
+        changed = state.book.take_dirty()
+        for a in changed:
+            detectors = state.spans if a.kind in ("fanout", "cost_spike", "loop") else state.credentials
+            a.summary, a.evidence = detectors.render(a)
+        written = anomaly_store.write(client, state.book, changed, min_score_step=self.config.update_score_step,
+                                      min_last_seen_step_ns=int(self.config.update_last_seen_step_s * 1e9))
+        self.stats["last_batch_written"] = len(written)
+        self.save_checkpoint(json.dumps({**state.positions, "version": STATE_VERSION}), state.encode())
+        self._state = state
+        s = self.stats
+        s["batches"] += 1
+        s["rows"] += rows
+        s["span_rows"] += len(span_rows)
+        s["credential_rows"] += len(credential_rows)
+        s["anomalies_written"] += len(written)
+        s["last_batch_rows"] = rows
+        s["last_batch_s"] = time.perf_counter() - began
+        s["checkpoints"] += 1
+        log.debug("detector %s: %d rows, %d anomaly versions written in %.3fs", self.shard_name, rows, len(written),
+                  s["last_batch_s"])
+        return rows
+
+    def run_forever(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Run batches until `stop` is set; wait `poll_s` when caught up; back off on errors."""
+        backoff = poll_s
+        while not stop.is_set():
+            try:
+                rows = self.run_once(self.config.batch_rows)
+                backoff = poll_s
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("detector %s: batch failed; resuming from the last checkpoint", self.shard_name)
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if rows == 0:
+                stop.wait(poll_s)
+        self.close()
+
+    def save_checkpoint(self, position: str, state: str) -> None:
+        """Write positions and model state in one detector_state row (the last step of a batch)."""
+        self.client.insert("detector_state", [[DETECTOR, self.shard_name, position, state]],
+                           column_names=["Detector", "Shard", "Position", "State"])
+
+    def load_checkpoint(self) -> tuple[str, str] | None:
+        rows = self.client.query("SELECT Position, State FROM detector_state FINAL WHERE Detector = {d:String} "
+                                 "AND Shard = {s:String}", parameters={"d": DETECTOR, "s": self.shard_name}
+                                 ).result_rows
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def restore(self) -> WorkerState:
+        """The state of the last checkpoint (a fresh one if there is none)."""
+        saved = self.load_checkpoint()
+        self.stats["restores"] += 1
+        if saved is None:
+            state = WorkerState(self.config)
+            if self.config.start_at_latest:
+                for table in state.positions:
+                    state.positions[table] = int(self.client.query(
+                        f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table}").result_rows[0][0] or 0)
+            return state
+        position, blob = saved
+        positions = json.loads(position)
+        try:
+            state = WorkerState.decode(blob)
+            if getattr(state, "version", None) != STATE_VERSION:
+                raise ValueError(f"state version {getattr(state, 'version', None)}")
+        except Exception as exc:  # an older release's state: keep the positions, learn afresh
+            log.warning("detector %s: model state not readable (%s); keeping positions, models start cold",
+                        self.shard_name, exc)
+            state = WorkerState(self.config)
+        state.positions = {table: int(positions.get(table, 0)) for table in state.positions}
+        state.spans.configure(self.config)
+        state.credentials.configure(self.config)
+        return state
+
+    def status(self) -> dict:
+        """Counters and the event-time watermarks (for logs and /metrics)."""
+        state = self._state
+        out = dict(self.stats, shard=self.shard_name)
+        if state is not None:
+            out.update(positions=dict(state.positions), span_watermark_ns=state.spans.watermark,
+                       credential_watermark_ns=state.credentials.watermark, late_span_rows=state.spans.late_rows,
+                       late_credential_rows=state.credentials.late_rows, open_anomalies=len(state.book.open),
+                       active_traces=len(state.spans.traces))
+        return out
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._client = None
+        self._state = None
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def _shard_filter(self, expression: str) -> str:
+        k, n = self.shard
+        return "" if n == 1 else f" AND cityHash64({expression}) % {n} = {k}"
+
+    def _batch(self, table: str, where_shard: str) -> str:
+        """WHERE clause of the next batch: IngestedAt after the position, up to a cut of whole groups."""
+        return (f"IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}}) AND IngestedAt <= ("
+                f"SELECT max(IngestedAt) FROM (SELECT IngestedAt FROM {table} "
+                f"WHERE IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}}) "
+                f"AND IngestedAt <= now64(6) - toIntervalMillisecond({{lag:Int64}}){where_shard} "
+                f"ORDER BY IngestedAt LIMIT {{n:UInt64}})){where_shard}")
+
+    def _read_spans(self, client: Client, position: int, max_rows: int) -> tuple[list[SpanRow], int]:
+        shard = self._shard_filter("Tenant")
+        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows))}
+        rows = client.query(
+            "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, "
+            "ParentSpanId, Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0) "
+            f"FROM agent_spans WHERE {self._batch('agent_spans', shard)} "
+            "ORDER BY IngestedAt, Timestamp, TraceId, SpanId", parameters=params).result_rows
+        if not rows:
+            return [], position
+        to = rows[-1][0]
+        arguments = self._tool_arguments(client, position, to, rows, shard)
+        out = []
+        for r in rows:
+            args = arguments.get((r[2], r[3])) if r[8] == "execute_tool" else None
+            if args is None:
+                out.append(SpanRow(*r, 0, 0, ""))
+            else:
+                out.append(SpanRow(*r, *args))
+        return out, to
+
+    def _tool_arguments(self, client: Client, position: int, to: int, rows: list, shard: str
+                        ) -> dict[tuple[str, str], tuple[int, int, str]]:
+        """(trace, span) -> (cityHash64, bytes, preview) of gen_ai.tool.call.arguments of the batch's tool spans."""
+        tool_ts = [r[1] for r in rows if r[8] == "execute_tool"]
+        if not tool_ts:
+            return {}
+        result = client.query(
+            f"SELECT TraceId, SpanId, cityHash64(a), length(a), substringUTF8(a, 1, {ARGS_PREVIEW_CHARS}) FROM ("
+            f"SELECT TraceId, SpanId, SpanAttributes['{TOOL_ARGUMENTS}'] AS a FROM otel_traces "
+            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
+            "AND (TraceId, SpanId) IN (SELECT TraceId, SpanId FROM agent_spans "
+            "WHERE IngestedAt > fromUnixTimestamp64Micro({pos:Int64}) AND IngestedAt <= fromUnixTimestamp64Micro({to:Int64}) "
+            f"AND Operation = 'execute_tool'{shard})) WHERE a != ''",
+            parameters={"lo": min(tool_ts), "hi": max(tool_ts), "pos": position, "to": to}).result_rows
+        return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
+
+    def _read_credentials(self, client: Client, position: int, max_rows: int) -> tuple[list[CredentialRow], int]:
+        k, n = self.shard
+        owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
+        if n == 1:
+            shard, mine = "", "1, 1"
+        else:
+            shard = f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
+            mine = f"cityHash64(Tenant) % {n} = {k}, cityHash64({owner}) % {n} = {k}"
+        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows))}
+        rows = client.query(
+            "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, Tenant, "
+            f"AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine} "
+            f"FROM credential_events WHERE {self._batch('credential_events', shard)} "
+            "ORDER BY IngestedAt, Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource",
+            parameters=params).result_rows
+        if not rows:
+            return [], position
+        return [CredentialRow(*r[:12], bool(r[12]), bool(r[13])) for r in rows], rows[-1][0]
