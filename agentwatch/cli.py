@@ -46,17 +46,83 @@ def _wait_for_termination() -> None:
     stop.wait()
 
 
+def _start_detection(settings: config.Settings, shard: tuple[int, int] = (0, 1), alerts: bool = True):
+    """The detector worker and the alert dispatcher, each in its own thread."""
+    from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
+    from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+
+    stop = threading.Event()
+    connect = _connect_factory(settings)
+    loops = [DetectorWorker(connect, DetectorConfig.from_env(), shard=shard).run_forever]
+    if alerts:
+        loops.append(AlertDispatcher(connect, AlertConfig.from_env()).run_forever)
+    threads = [threading.Thread(target=loop, args=(stop,), name=f"agentwatch-{loop.__self__.__class__.__name__}",
+                                daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    return stop, threads
+
+
+def _stop_detection(stop: threading.Event, threads: list[threading.Thread]) -> None:
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+
+
 def cmd_serve(args, settings: config.Settings) -> int:
-    """`up` and `collector`: the receiver (and, in `up`, every other component) until SIGTERM."""
+    """`up` (receiver, detectors, alerts, dashboard) and `collector` (receiver only), until SIGTERM."""
     _prepare_store(settings)
     receiver = _start_receiver(settings)
+    detection = _start_detection(settings) if args.command == "up" else None
     print(f"agentwatch {args.command}: OTLP/HTTP on {settings.listen_host}:{receiver.http_port}, "
           f"OTLP/gRPC on {settings.listen_host}:{receiver.grpc_port}, store {settings.dsn} "
-          f"database {settings.database}", flush=True)
-    _wait_for_termination()
+          f"database {settings.database}" + (", detectors and alerts running" if detection else ""), flush=True)
+    if args.command == "up":
+        from agentwatch.dashboard.server import serve
+
+        print(f"agentwatch up: dashboard on http://{settings.listen_host}:{settings.dashboard_port}", flush=True)
+        # Streamlit takes the main thread and returns on SIGTERM / SIGINT.
+        serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database)
+    else:
+        _wait_for_termination()
     log.info("stopping: writing everything accepted")
     receiver.stop()
+    if detection:
+        _stop_detection(*detection)
     print(f"agentwatch {args.command}: stopped after writing {receiver.writer.written_rows} rows", flush=True)
+    return 0
+
+
+def cmd_dashboard(args, settings: config.Settings) -> int:
+    from agentwatch.dashboard.server import serve
+
+    _prepare_store(settings)
+    print(f"agentwatch dashboard: http://{settings.listen_host}:{settings.dashboard_port}", flush=True)
+    serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database)
+    return 0
+
+
+def cmd_replay(args, settings: config.Settings) -> int:
+    from agentwatch.dashboard.replay import replay
+
+    client = store.connect(settings.dsn, settings.database, create=False)
+    return replay(client, args.trace_id, show_payloads=args.payloads)
+
+
+def cmd_detect(args, settings: config.Settings) -> int:
+    """The detector worker (one shard of the tenants) and, unless --no-alerts, the dispatcher."""
+    try:
+        index, count = (int(part) for part in args.shard.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        print(f"--shard must be k/N with 0 <= k < N, not {args.shard!r}", file=sys.stderr)
+        return 2
+    _prepare_store(settings)
+    detection = _start_detection(settings, (index, count), alerts=args.alerts)
+    print(f"agentwatch detect: shard {index}/{count}" + (", alerts on" if args.alerts else ""), flush=True)
+    _wait_for_termination()
+    _stop_detection(*detection)
     return 0
 
 
@@ -100,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("up", help="run every component in one process on the embedded store")
     commands.add_parser("collector", help="run the OTLP receiver")
+    detect = commands.add_parser("detect", help="run the streaming detectors and the alert dispatcher")
+    detect.add_argument("--shard", default="0/1", help="k/N: take the tenants whose hash falls to shard k of N")
+    detect.add_argument("--no-alerts", dest="alerts", action="store_false",
+                        help="detect only; run the dispatcher elsewhere (once per fleet)")
+
+    commands.add_parser("dashboard", help="run the Streamlit replay dashboard")
+    replay = commands.add_parser("replay", help="replay a trace step by step in the terminal")
+    replay.add_argument("trace_id")
+    replay.add_argument("--no-payloads", dest="payloads", action="store_false",
+                        help="show the steps without prompts, reasoning and tool results")
 
     schema = commands.add_parser("schema", help="manage the ClickHouse schema")
     schema.add_argument("action", choices=["apply"])
@@ -130,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo}
+COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "detect": cmd_detect, "dashboard": cmd_dashboard,
+            "replay": cmd_replay, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
