@@ -86,7 +86,7 @@ def main() -> None:
     worker = DetectorWorker(connect, DetectorConfig.from_env())
     while worker.run_once():  # learn the history before going live
         pass
-    dispatcher = AlertDispatcher(connect, AlertConfig(webhook_url=f"http://127.0.0.1:{webhook.server_address[1]}/"))
+    dispatcher = AlertDispatcher(connect, AlertConfig(webhook_urls=[f"http://127.0.0.1:{webhook.server_address[1]}/"]))
     dispatcher.run_once()
     Webhook.received.clear()
     threads = [threading.Thread(target=loop, args=(stop,), daemon=True)
