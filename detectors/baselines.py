@@ -164,13 +164,18 @@ class BaselineBook:
         return len(self.by_key)
 
 
-def evaluate(value: float, t_ns: int, baseline: Baseline | None, limits: Limits) -> tuple[bool, float, float | None]:
+def evaluate(value: float, t_ns: int, baseline: Baseline | None, limits: Limits,
+             allowance: float = 0.0) -> tuple[bool, float, float | None]:
     """(anomalous?, score, threshold used) of one value against a baseline and its guard rail.
 
     Score is value / threshold (>= 1 when anomalous); with a cold baseline only the
-    hard limit can flag, and the score is then value / hard limit.
+    hard limit can flag, and the score is then value / hard limit. `allowance` is added
+    to the learned threshold (not to the hard limit): e.g. the largest single call a
+    key makes in normal traffic, so that one normal-sized call is never a spike by itself.
     """
     thr = baseline.threshold(t_ns, limits) if baseline is not None else None
+    if thr is not None:
+        thr += allowance
     hard = limits.hard_crossed(value)
     if thr is not None:
         score = value / thr if thr > 0 else math.inf

@@ -22,6 +22,7 @@ class DetectorConfig:
     # --- tailing and checkpoints -----------------------------------------------------------------
     safety_lag_s: float = 2.0  # read rows ingested up to now64() minus this (inserts still committing)
     batch_rows: int = 50_000  # rows per table per batch in run_forever
+    checkpoint_interval_s: float = 5.0  # run_forever checkpoints at most this often (a crash replays the rest)
     start_at_latest: bool = False  # a worker with no checkpoint starts at the end of the tables, not the start
     # --- event time ----------------------------------------------------------------------------
     window_s: int = 60  # cost windows (cost per minute)
@@ -42,6 +43,7 @@ class DetectorConfig:
     cost_min_usd_per_minute: float = 2.0  # floor: below this no cost spike is raised
     cost_ratio: float = 6.0  # cost per minute is heavy-tailed (one long reasoning call): threshold >= 6 x mean
     cost_min_history: int = 10  # minutes learned before a cost baseline may flag
+    call_peak_decay: float = 0.9995  # per window: the largest normal single call is remembered ~a day
     # --- fanout ----------------------------------------------------------------------------------
     fanout_min_history: int = 10  # traces of a root agent kind before its baseline may flag
     fanout_min_model_calls: int = 200  # floors

@@ -121,7 +121,8 @@ class TraceState:
         self.cost = 0.0
         self.cost_parts: dict[tuple[int, str, str], float] = {}  # (minute, agent name, agent id) -> USD
         self.sample_spans: list[str] = []
-        self.repeats: dict[tuple[str, str, int], list] = {}  # (agent, tool, args hash) -> [n, first, last, spans, sample, bytes]
+        # (agent, tool, arguments hash) -> [n, first ts, last ts, span ids, arguments preview, bytes, agent name]
+        self.repeats: dict[tuple[str, str, int], list] = {}
         self.fanout: Anomaly | None = None
         self.fanout_eval: dict = {}
         self.fanout_checked: dict | None = None
@@ -170,6 +171,9 @@ class SpanDetectors:
         self.closed_until: int | None = None  # cost windows with index < this are final
         self.cost_keys: dict[str, set[str]] = {}  # tenant -> agent names seen (their zero windows count)
         self.first_window: dict[tuple, int] = {}  # cost key -> first window index with data (no zeros before)
+        # cost key -> the largest single call in its normal windows (decaying peak): added to the learned
+        # threshold, so one call of a size normal traffic makes (a long chain of thought) is no spike alone
+        self.call_peak: dict[tuple, float] = {}
         self.configure(config)
 
     def configure(self, config: DetectorConfig) -> None:
@@ -409,17 +413,20 @@ class SpanDetectors:
             return
         t0 = w.start
         tb = self.cost_baselines.peek(("tenant", w.tenant))
-        bad, score, thr = evaluate(w.total, t0, tb, limits)
+        allowance = self.call_peak.get(("tenant", w.tenant), 0.0)
+        bad, score, thr = evaluate(w.total, t0, tb, limits, allowance)
         hard = limits.hard_crossed(w.total)
         for n in names:
             if not n or n not in w.by_name:
                 continue
             value = w.by_name[n][0]
             ab = self.cost_baselines.peek(("agent", w.tenant, n))
-            a_bad, a_score, a_thr = evaluate(value, t0, ab, agent_limits)
+            a_allowance = self.call_peak.get(("agent", w.tenant, n), 0.0)
+            a_bad, a_score, a_thr = evaluate(value, t0, ab, agent_limits, a_allowance)
             if a_bad:  # kept per window: every agent kind found over its own baseline is in the evidence
                 w.agents_over[n] = {"agent_name": n, "usd": round(value, 6), "threshold": a_thr,
                                     "score": round(a_score, 3), "agent_id": w.top_agent(n),
+                                    "largest_normal_call_usd": round(a_allowance, 6),
                                     "baseline": ab.describe(t0, agent_limits) if ab else None}
         if not bad and not w.agents_over:
             return
@@ -436,6 +443,7 @@ class SpanDetectors:
             a.ctx = CostCase(w, {
                 "tenant_usd": round(w.total, 6), "tenant_anomalous": bad, "tenant_threshold": thr,
                 "tenant_baseline": tb.describe(t0, limits) if tb else None,
+                "largest_normal_call_usd": round(allowance, 6),
                 "budget_usd_per_minute": limits.hard, "over_budget": hard, "agents_over_baseline": over,
             })
 
@@ -481,9 +489,14 @@ class SpanDetectors:
             return  # an anomalous window teaches nothing
         t0 = w.start
         self.cost_baselines.learn(w.total, t0, ("tenant", w.tenant))
+        self._learn_call_peak(("tenant", w.tenant), w.max_call)
         for n in self.cost_keys.get(w.tenant, ()):
             if n and index >= self.first_window.get((w.tenant, n), index + 1):
                 self.cost_baselines.learn(w.by_name.get(n, (0.0,))[0], t0, ("agent", w.tenant, n))
+                self._learn_call_peak(("agent", w.tenant, n), w.max_call_by_name.get(n, 0.0))
+
+    def _learn_call_peak(self, key: tuple, largest: float) -> None:
+        self.call_peak[key] = max(largest, self.call_peak.get(key, 0.0) * self.config.call_peak_decay)
 
     # --- rendering --------------------------------------------------------------------------------------
 
@@ -510,10 +523,16 @@ class CostWindow:
         self.spans = 0
         self.flagged = False
         self.agents_over: dict[str, dict] = {}  # agent name -> evidence, kinds found over their own baseline
+        self.max_call = 0.0
+        self.max_call_by_name: dict[str, float] = {}
 
     def add(self, row: SpanRow) -> None:
         usd = row.cost
         self.total += usd
+        if usd > self.max_call:
+            self.max_call = usd
+        if usd > self.max_call_by_name.get(row.agent_name, 0.0):
+            self.max_call_by_name[row.agent_name] = usd
         entry = self.by_name.get(row.agent_name)
         if entry is None:
             entry = self.by_name[row.agent_name] = [0.0, {}]

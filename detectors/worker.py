@@ -101,6 +101,7 @@ class DetectorWorker:
         self.shard_name = f"{k}/{n}"
         self._client: Client | None = None
         self._state: WorkerState | None = None
+        self._pending = False  # batches processed since the last checkpoint
         self.stats = {"batches": 0, "rows": 0, "span_rows": 0, "credential_rows": 0, "anomalies_written": 0,
                       "last_batch_rows": 0, "last_batch_written": 0, "last_batch_s": 0.0, "checkpoints": 0,
                       "restores": 0, "errors": 0}
@@ -113,12 +114,18 @@ class DetectorWorker:
             self._client = self.connect()
         return self._client
 
-    def run_once(self, max_rows: int = 50_000) -> int:
-        """Process one batch of new rows, write anomalies, checkpoint; returns the rows processed."""
+    def run_once(self, max_rows: int = 50_000, checkpoint: bool = True) -> int:
+        """Process one batch of new rows, write anomalies, checkpoint; returns the rows processed.
+
+        checkpoint=False leaves the checkpoint behind (run_forever checkpoints on an interval): a crash
+        then replays more rows, which gives the same anomalies again (same ids), never new ones.
+        """
         began = time.perf_counter()
         client = self.client
+        if self._state is None:
+            self._pending = False
         state = self._state if self._state is not None else self.restore()
-        self._state = None  # until this batch is checkpointed, the checkpoint is the truth
+        self._state = None  # until this batch is done, the checkpoint (or the last good state) is the truth
         span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
         credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
                                                                 max_rows)
@@ -137,7 +144,10 @@ class DetectorWorker:
         written = anomaly_store.write(client, state.book, changed, min_score_step=self.config.update_score_step,
                                       min_last_seen_step_ns=int(self.config.update_last_seen_step_s * 1e9))
         self.stats["last_batch_written"] = len(written)
-        self.save_checkpoint(json.dumps({**state.positions, "version": STATE_VERSION}), state.encode())
+        if checkpoint:
+            self._checkpoint(state)
+        else:
+            self._pending = True
         self._state = state
         s = self.stats
         s["batches"] += 1
@@ -147,17 +157,25 @@ class DetectorWorker:
         s["anomalies_written"] += len(written)
         s["last_batch_rows"] = rows
         s["last_batch_s"] = time.perf_counter() - began
-        s["checkpoints"] += 1
         log.debug("detector %s: %d rows, %d anomaly versions written in %.3fs", self.shard_name, rows, len(written),
                   s["last_batch_s"])
         return rows
 
     def run_forever(self, stop: threading.Event, poll_s: float = 0.5) -> None:
-        """Run batches until `stop` is set; wait `poll_s` when caught up; back off on errors."""
+        """Run batches until `stop` is set; wait `poll_s` when caught up; back off on errors.
+
+        Checkpoints every `checkpoint_interval_s` (and on a full batch, and when stopping).
+        """
         backoff = poll_s
+        last_checkpoint = time.monotonic()
         while not stop.is_set():
             try:
-                rows = self.run_once(self.config.batch_rows)
+                due = time.monotonic() - last_checkpoint >= self.config.checkpoint_interval_s
+                rows = self.run_once(self.config.batch_rows, checkpoint=False)
+                if self._pending and (due or rows >= self.config.batch_rows):
+                    self.flush_checkpoint()
+                if not self._pending:
+                    last_checkpoint = time.monotonic()
                 backoff = poll_s
             except Exception:
                 self.stats["errors"] += 1
@@ -168,7 +186,57 @@ class DetectorWorker:
                 continue
             if rows == 0:
                 stop.wait(poll_s)
+        try:
+            self.flush_checkpoint()
+        except Exception:  # noqa: BLE001 - the next start replays from the previous checkpoint
+            log.exception("detector %s: final checkpoint failed", self.shard_name)
         self.close()
+
+    def flush_checkpoint(self) -> None:
+        """Checkpoint now if batches were processed since the last checkpoint."""
+        if self._pending and self._state is not None:
+            self._checkpoint(self._state)
+
+    def _checkpoint(self, state: WorkerState) -> None:
+        try:
+            self.save_checkpoint(json.dumps({**state.positions, "version": STATE_VERSION}), state.encode())
+        except BaseException:
+            self._state = None  # the checkpoint is the truth: the next batch restores it
+            raise
+        self._pending = False
+        self.stats["checkpoints"] += 1
+
+    def catch_up(self, max_rows: int = 50_000, timeout_s: float = 120.0) -> int:
+        """Process every row ingested before this call (waiting out the safety lag); returns rows processed.
+
+        For tests, benchmarks and replays: `run_once` returns 0 while the newest rows are still
+        younger than the safety lag, which is not the same as having processed them.
+        """
+        targets = {"agent_spans": self._max_ingested("agent_spans"),
+                   "credential_events": self._max_ingested("credential_events")}
+        deadline = time.monotonic() + timeout_s
+        total = 0
+        while True:
+            rows = self.run_once(max_rows)
+            total += rows
+            state = self._state
+            if state is not None and all(state.positions[t] >= target for t, target in targets.items()):
+                return total
+            if rows == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"detector {self.shard_name}: not caught up after {timeout_s}s")
+                time.sleep(min(0.1, max(self.config.safety_lag_s, 0.01)))
+
+    def _max_ingested(self, table: str) -> int:
+        if table == "agent_spans":
+            shard = self._shard_filter("Tenant")
+        else:
+            k, n = self.shard
+            owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
+            shard = "" if n == 1 else f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
+        value = self.client.query(f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table} WHERE 1{shard}"
+                                  ).result_rows[0][0]
+        return int(value or 0)
 
     def save_checkpoint(self, position: str, state: str) -> None:
         """Write positions and model state in one detector_state row (the last step of a batch)."""
@@ -219,6 +287,7 @@ class DetectorWorker:
         return out
 
     def close(self) -> None:
+        """Drop the connection and the in-memory state (the next batch restores the checkpoint)."""
         if self._client is not None:
             try:
                 self._client.close()
@@ -271,9 +340,11 @@ class DetectorWorker:
         result = client.query(
             f"SELECT TraceId, SpanId, cityHash64(a), length(a), substringUTF8(a, 1, {ARGS_PREVIEW_CHARS}) FROM ("
             f"SELECT TraceId, SpanId, SpanAttributes['{TOOL_ARGUMENTS}'] AS a FROM otel_traces "
-            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
+            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) "
+            "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
             "AND (TraceId, SpanId) IN (SELECT TraceId, SpanId FROM agent_spans "
-            "WHERE IngestedAt > fromUnixTimestamp64Micro({pos:Int64}) AND IngestedAt <= fromUnixTimestamp64Micro({to:Int64}) "
+            "WHERE IngestedAt > fromUnixTimestamp64Micro({pos:Int64}) "
+            "AND IngestedAt <= fromUnixTimestamp64Micro({to:Int64}) "
             f"AND Operation = 'execute_tool'{shard})) WHERE a != ''",
             parameters={"lo": min(tool_ts), "hi": max(tool_ts), "pos": position, "to": to}).result_rows
         return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}

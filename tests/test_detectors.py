@@ -3,8 +3,11 @@
 The demo fleet runs in fast-forward (one hour, fixed seed and start) through
 the SDK and a real OTLP receiver into two fresh databases: one with the five
 labelled incidents, one with the same normal traffic and none. The worker then
-tails the store like it does in production. Unit tests on hand-made rows cover
-the watermark, late spans, the budget guard rail, resolution and shards.
+tails the store like it does in production: killed mid-stream, in other batch
+sizes, in live arrival order, split in shards. Unit tests on hand-made rows
+cover the watermark and late spans, partial windows, acknowledgement and
+resolution, the budget guard rail, shard routing, the safety lag, run_forever
+and the learned baselines (cold start, floor, daily seasonality).
 """
 
 from __future__ import annotations
@@ -98,8 +101,7 @@ def detect(dsn: str, database: str, *, max_rows: int = 50_000, shard=(0, 1), res
     worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig(safety_lag_s=0, **config),
                             shard=shard)
     began = time.perf_counter()
-    while worker.run_once(max_rows):
-        pass
+    worker.catch_up(max_rows)
     seconds = time.perf_counter() - began
     stats = worker.status()
     worker.close()
@@ -270,7 +272,8 @@ def test_a_worker_killed_mid_stream_raises_each_incident_once(dsn, fleet, detect
     # the replay wrote new versions of the same anomalies (the batch was never checkpointed), keeping
     # DetectedAt: when they were first raised, before the crash
     after = dict(client.query("SELECT AnomalyId, toUnixTimestamp64Milli(DetectedAt) FROM anomalies FINAL "
-                              "WHERE AnomalyId IN {ids:Array(String)} AND toUnixTimestamp64Micro(UpdatedAt) > {t:Int64}",
+                              "WHERE AnomalyId IN {ids:Array(String)} "
+                              "AND toUnixTimestamp64Micro(UpdatedAt) > {t:Int64}",
                               parameters={"ids": list(in_crashed_batch), "t": max_written}).result_rows)
     assert after == in_crashed_batch
     client.close()
@@ -594,3 +597,46 @@ def test_learned_baseline_cold_start_floor_and_daily_seasonality():
     # it all goes into the checkpoint
     restored = pickle.loads(pickle.dumps(seasonal))
     assert restored.expected(busy) == seasonal.expected(busy) and restored.n == seasonal.n
+
+
+def test_rows_younger_than_the_safety_lag_wait_for_the_next_batch(dsn, unit_db):
+    database, client, rows = unit_db
+    now_us = time.time_ns() // 1_000
+    rows.ingested_us = now_us - 10_000_000
+    rows.spans(_steady("acme", range(0, 3), 0.5))  # ingested 10 s ago: visible
+    rows.ingested_us = now_us + 5_000_000  # as if the insert were still committing (visible in ~5.5 s)
+    rows.spans(_steady("acme", range(3, 5), 0.5))
+    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig(safety_lag_s=0.5))
+    assert worker.run_once() == 12  # the young rows are not read (nor skipped) yet
+    assert worker.run_once() == 0
+    assert worker.catch_up(timeout_s=30) == 8
+    assert worker.status()["span_rows"] == 20
+
+
+def test_run_forever_raises_within_seconds_and_checkpoints_when_stopped(dsn, unit_db):
+    import json
+    import threading
+
+    database, client, rows = unit_db
+    worker = DetectorWorker(lambda: store.connect(dsn, database),
+                            DetectorConfig(safety_lag_s=0.2, checkpoint_interval_s=3600, **UNIT))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), kwargs={"poll_s": 0.05}, daemon=True)
+    thread.start()
+    try:
+        rows.ingested_us = time.time_ns() // 1_000
+        rows.spans(_steady("acme", range(0, 20), 0.5))
+        rows.ingested_us = max(rows.ingested_us, time.time_ns() // 1_000)  # IngestedAt only moves forward
+        inserted = time.monotonic()
+        rows.spans([(START_NS + 19 * MINUTE + 50 * NS, "acme", 40.0)])
+        while not evaluation.load_anomalies(client):
+            assert time.monotonic() - inserted < 5, "not raised within 5 s"
+            time.sleep(0.05)
+        print(f"\nraised {time.monotonic() - inserted:.2f}s after the insert")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    position, _ = worker.load_checkpoint()  # written when stopping, though the interval never came
+    assert json.loads(position)["agent_spans"] == rows.ingested_us
+    assert worker.stats["errors"] == 0
