@@ -84,8 +84,7 @@ def main() -> None:
 
     stop = threading.Event()
     worker = DetectorWorker(connect, DetectorConfig.from_env())
-    while worker.run_once():  # learn the history before going live
-        pass
+    worker.catch_up()  # learn the history before going live
     dispatcher = AlertDispatcher(connect, AlertConfig(webhook_urls=[f"http://127.0.0.1:{webhook.server_address[1]}/"]))
     dispatcher.run_once()
     Webhook.received.clear()
