@@ -1,29 +1,9 @@
-"""agentwatch: observability and anomaly detection for fleets of AI agents."""
+"""agentwatch: observability and anomaly detection for fleets of AI agents.
 
-from agentwatch.collector.sdk import (
-    Telemetry,
-    agent,
-    credentials,
-    flush,
-    init,
-    llm,
-    record_usage,
-    shutdown,
-    span,
-    tenant,
-    tool,
-)
+The drop-in SDK is the top-level API: `agentwatch.init`, `@agentwatch.agent`, ...
+"""
 
-__all__ = [
-    "Telemetry",
-    "agent",
-    "credentials",
-    "flush",
-    "init",
-    "llm",
-    "record_usage",
-    "shutdown",
-    "span",
-    "tenant",
-    "tool",
-]
+from agentwatch.collector import sdk
+from agentwatch.collector.sdk import *  # noqa: F403 (re-export the SDK's public names, listed once there)
+
+__all__ = sdk.__all__
