@@ -922,6 +922,14 @@ def fake_nvml(fail_init: bool = False):
             raise NVMLError("Not Supported")
         return 250_000  # milliwatts
 
+    def memory(handle, version=None):
+        # v1 counts the driver's reservation as used; device 1's driver has no v2 call
+        if version is None:
+            return types.SimpleNamespace(used=2**30 + 480 * 2**20, total=80 * 2**30)
+        if handle == 1:
+            raise NVMLError("Function Not Found")
+        return types.SimpleNamespace(used=2**30, total=80 * 2**30, reserved=480 * 2**20)
+
     def processes(handle):
         return [types.SimpleNamespace(pid=4242, usedGpuMemory=1024), types.SimpleNamespace(pid=7, usedGpuMemory=None)]
 
@@ -934,7 +942,8 @@ def fake_nvml(fail_init: bool = False):
         nvmlDeviceGetUUID=lambda handle: f"GPU-{handle}",
         nvmlDeviceGetName=lambda handle: b"NVIDIA H100" if handle == 0 else "NVIDIA H200",
         nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=75 + handle, memory=10),
-        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=2**30, total=80 * 2**30, free=79 * 2**30),
+        nvmlMemory_v2=33554472,
+        nvmlDeviceGetMemoryInfo=memory,
         nvmlDeviceGetPowerUsage=power,
         nvmlDeviceGetComputeRunningProcesses=processes,
     )
@@ -961,7 +970,8 @@ def test_gpu_sampler_emits_hardware_metrics(monkeypatch):
     device0 = {"hw.id": "GPU-0", "hw.name": "NVIDIA H100", "hw.vendor": "NVIDIA", "hw.type": "gpu"}
     device1 = {**device0, "hw.id": "GPU-1", "hw.name": "NVIDIA H200"}
     assert sorted(points["hw.gpu.utilization"], key=lambda p: p[0]["hw.id"]) == [(device0, 0.75), (device1, 0.76)]
-    assert (device0, 2**30) in points["hw.gpu.memory.usage"]
+    memory_used = sorted(points["hw.gpu.memory.usage"], key=lambda p: p[0]["hw.id"])
+    assert memory_used == [(device0, 2**30), (device1, 2**30 + 480 * 2**20)]  # v2 where the driver has it
     assert (device1, 80 * 2**30) in points["hw.gpu.memory.limit"]
     assert points["hw.power"] == [(device0, 250.0)]  # device 1 does not report power: left out
     assert ({**device0, "process.pid": 4242}, 1024) in points["process.gpu.memory.usage"]

@@ -34,6 +34,17 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value  # older nvidia-ml-py returns bytes
 
 
+def _memory_info(nvml, handle) -> tuple[int, int]:
+    """(used, total) bytes. The v2 call leaves out what the driver reserves
+    for itself (~480 MiB on an H100), so `used` is what nvidia-smi shows and
+    an idle GPU reads 0; drivers without v2 get the v1 figure."""
+    try:
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+    except Exception:  # nvidia-ml-py or driver without nvmlDeviceGetMemoryInfo_v2
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    return memory.used, memory.total
+
+
 @dataclass
 class DeviceReading:
     attributes: dict
@@ -127,8 +138,7 @@ class GpuSampler:
             except Exception:  # e.g. NVMLError_NotSupported on MIG or vGPU devices
                 pass
             try:
-                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-                reading.memory_used, reading.memory_total = memory.used, memory.total
+                reading.memory_used, reading.memory_total = _memory_info(nvml, handle)
             except Exception:
                 pass
             try:
