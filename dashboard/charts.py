@@ -60,7 +60,8 @@ def top_agents(df: pl.DataFrame) -> alt.Chart:
     ).properties(height=max(120, 24 * len(df)), title="Cost by agent (USD)")
 
 
-def baseline(series: pl.DataFrame, metric: str, normal: float | None, window: tuple[datetime, datetime]) -> alt.Chart:
+def baseline(series: pl.DataFrame, metric: str, normal: float | None, window: tuple[datetime, datetime],
+             normal_label: str = "normal before", threshold: float | None = None) -> alt.Chart:
     band = alt.Chart(vega(pl.DataFrame({"start": [window[0]], "end": [window[1]]}))).mark_rect(
         color="#d62728", opacity=0.12).encode(x=alt.X("start:T"), x2="end:T")
     domain = (series["Time"].min(), series["Time"].max()) if len(series) else None
@@ -70,11 +71,13 @@ def baseline(series: pl.DataFrame, metric: str, normal: float | None, window: tu
         tooltip=[_tooltip_time("Time"), "Series:N", alt.Tooltip("Value:Q", format=",.4g")],
     )
     layers = [band, line]
-    if normal is not None:
-        rule = alt.Chart(pl.DataFrame({"normal": [normal], "label": [f"normal before: {normal:,.4g}"]}))
-        layers.append(rule.mark_rule(strokeDash=[6, 4], color="#555").encode(y="normal:Q", tooltip=["label:N"]))
-        layers.append(rule.mark_text(align="left", dx=4, dy=-6, color="#555").encode(
-            y="normal:Q", text="label:N", x=alt.value(0)))
+    for value, label, color in ((normal, normal_label, "#555"), (threshold, "threshold", "#d62728")):
+        if value is None:
+            continue
+        rule = alt.Chart(pl.DataFrame({"level": [float(value)], "label": [f"{label}: {value:,.4g}"]}))
+        layers.append(rule.mark_rule(strokeDash=[6, 4], color=color).encode(y="level:Q", tooltip=["label:N"]))
+        layers.append(rule.mark_text(align="left", dx=4, dy=-6, color=color).encode(
+            y="level:Q", text="label:N", x=alt.value(0)))
     return alt.layer(*layers).properties(height=260, title=alt.Title(metric, subtitle="shaded: the anomalous window"))
 
 

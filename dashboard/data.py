@@ -227,8 +227,10 @@ def _credential_of(anomaly_row: dict) -> str:
 class Baseline:
     series: pl.DataFrame  # Time, Series, Value
     metric: str
-    normal: float | None  # median of the main series before the anomaly
+    normal: float | None  # the detector's learned mean where its evidence has one, else the median before
     window: tuple[datetime, datetime]  # FirstSeen, LastSeen
+    normal_label: str = "normal before"
+    threshold: float | None = None  # the detector's threshold, where its evidence has one
 
 
 def anomaly_baseline(client, row: dict) -> Baseline:
@@ -261,10 +263,16 @@ def anomaly_baseline(client, row: dict) -> Baseline:
             GROUP BY Time, Series ORDER BY Time""", params)
         metric, main = f"uses of {credential or 'the credential'} per minute", "own-tenant uses"
     elif kind == "cost_spike":
+        # the detector judges the tenant's cost per minute (and each agent kind's): chart the tenant's,
+        # with the agent that spent most beside it
+        agent_part = "" if not params["agent"] else f"""
+            UNION ALL SELECT Minute AS Time, {{agent:String}} AS Series, sum(CostUSD) AS Value FROM agent_minutes
+            WHERE {window} AND Tenant = {{tenant:String}} AND AgentId = {{agent:String}} GROUP BY Time"""
         series = frame(client, f"""
-            SELECT Minute AS Time, 'agent cost $/min' AS Series, sum(CostUSD) AS Value FROM agent_minutes
-            WHERE {window} AND AgentId = {{agent:String}} GROUP BY Time ORDER BY Time""", params)
-        metric, main = f"cost per minute of {row.get('AgentId') or 'the agent'} (USD)", "agent cost $/min"
+            SELECT Minute AS Time, 'tenant total' AS Series, sum(CostUSD) AS Value FROM agent_minutes
+            WHERE {window} AND Tenant = {{tenant:String}} GROUP BY Time{agent_part}
+            ORDER BY Time""", params)
+        metric, main = f"cost per minute of tenant {row.get('Tenant')} (USD)", "tenant total"
     elif kind == "loop":
         series = frame(client, f"""
             SELECT Minute AS Time, 'agent tool calls/min' AS Series, toFloat64(sum(ToolCalls)) AS Value
@@ -289,6 +297,12 @@ def anomaly_baseline(client, row: dict) -> Baseline:
                            & (pl.col("Time") < pl.lit(first).cast(pl.Datetime("ns", "UTC")))).sort("Time")
     active = before.filter(pl.col("Value").cum_max() > 0)
     normal = float(active["Value"].median()) if len(active) else None
+    if kind == "cost_spike":
+        evidence = evidence_of(row)
+        learned = evidence.get("tenant_baseline") or {}
+        if learned.get("warm") and learned.get("mean") is not None:
+            return Baseline(series=series, metric=metric, normal=float(learned["mean"]), window=(first, last),
+                            normal_label="learned normal", threshold=evidence.get("tenant_threshold"))
     return Baseline(series=series, metric=metric, normal=normal, window=(first, last))
 
 

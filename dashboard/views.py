@@ -323,7 +323,8 @@ def anomaly_detail(db, anomaly_id: str) -> None:
             st.warning(f"No baseline chart: {error}")
         else:
             if len(base.series):
-                st.altair_chart(charts.baseline(base.series, base.metric, base.normal, base.window), width="stretch")
+                st.altair_chart(charts.baseline(base.series, base.metric, base.normal, base.window,
+                                                base.normal_label, base.threshold), width="stretch")
             else:
                 st.caption(f"No {base.metric} recorded around this anomaly.")
     with right:

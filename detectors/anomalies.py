@@ -1,8 +1,8 @@
 """Anomalies: deterministic ids, one open episode per (kind, tenant, subject), and their rows.
 
 The `anomalies` table is the contract with the alert dispatcher and the
-dashboard (see /tmp/detect_spec.md and DESIGN.md): one row version per
-change, ReplacingMergeTree(UpdatedAt), read with FINAL.
+dashboard (DESIGN.md): one row version per change,
+ReplacingMergeTree(UpdatedAt), read with FINAL.
 
 - `anomaly_id` is sha1(f"{kind}|{tenant}|{subject}|{episode start minute}")[:32]:
   a worker that replays the same input after a crash derives the same id and
@@ -63,6 +63,8 @@ class Anomaly:
     detected_at_ms: int
     status: str = "open"
     ctx: Any = None  # detector-owned, picklable: what the summary and evidence are rendered from
+    # the row whose arrival raised it: (trace id, span id, event time ns, IngestedAt µs)
+    raised_by: tuple[str, str, int, int] | None = None
     # what this worker last wrote (None: never), to write only material changes
     written: tuple | None = None
     summary: str = ""
@@ -85,6 +87,8 @@ class AnomalyBook:
     def __init__(self) -> None:
         self.open: dict[tuple[str, str, str], Anomaly] = {}
         self.dirty: dict[str, Anomaly] = {}
+        # the row being processed (set by the detectors' stream loops): a new anomaly records it as raised_by
+        self.current_row: tuple[str, str, int, int] | None = None
 
     def observe(self, kind: str, tenant: str, subject: str, *, first_ns: int, last_ns: int, score: float,
                 severity: str, agent_id: str = "", trace_id: str = "", ctx: Any = None) -> tuple[Anomaly, bool]:
@@ -94,7 +98,8 @@ class AnomalyBook:
         created = a is None
         if created:
             a = Anomaly(anomaly_id(kind, tenant, subject, first_ns), kind, tenant, subject, agent_id, trace_id,
-                        severity, float(score), first_ns, last_ns, time.time_ns() // 1_000_000, ctx=ctx)
+                        severity, float(score), first_ns, last_ns, time.time_ns() // 1_000_000, ctx=ctx,
+                        raised_by=self.current_row)
             self.open[key] = a
         else:
             if score > a.score:

@@ -197,6 +197,7 @@ class SpanDetectors:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
             self.rows += 1
+            book.current_row = (row.trace, row.span, row.ts, row.ingested_us)
             ts = row.ts
             if ts > self.max_ts:
                 self.max_ts = ts
@@ -708,6 +709,7 @@ class CredentialDetectors:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
             self.rows += 1
+            book.current_row = (row.trace, row.span, row.ts, row.ingested_us)
             if row.ts > self.max_ts:
                 self.max_ts = row.ts
                 wm = row.ts - lateness

@@ -39,6 +39,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
@@ -55,6 +56,14 @@ DETECTOR = "worker"
 STATE_VERSION = 1
 TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 ARGS_PREVIEW_CHARS = 300
+
+
+def _utc_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
+
+
+def _utc_us(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat(timespec="microseconds")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -74,6 +83,9 @@ class WorkerState:
     def __init__(self, config: DetectorConfig) -> None:
         self.version = STATE_VERSION
         self.positions = {"agent_spans": 0, "credential_events": 0}  # IngestedAt, microseconds
+        # per table, IngestedAt (µs) -> rows processed, for the groups within `late_commit_window_s` of the
+        # position: a group that turns up there unseen was committed late and is processed then
+        self.recent_groups: dict[str, dict[int, int]] = {"agent_spans": {}, "credential_events": {}}
         self.spans = SpanDetectors(config)
         self.credentials = CredentialDetectors(config)
         self.book = AnomalyBook()
@@ -104,7 +116,7 @@ class DetectorWorker:
         self._pending = False  # batches processed since the last checkpoint
         self.stats = {"batches": 0, "rows": 0, "span_rows": 0, "credential_rows": 0, "anomalies_written": 0,
                       "last_batch_rows": 0, "last_batch_written": 0, "last_batch_s": 0.0, "checkpoints": 0,
-                      "restores": 0, "errors": 0}
+                      "restores": 0, "errors": 0, "late_rows": 0, "late_collisions": 0}
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -126,9 +138,15 @@ class DetectorWorker:
             self._pending = False
         state = self._state if self._state is not None else self.restore()
         self._state = None  # until this batch is done, the checkpoint (or the last good state) is the truth
+        late_spans = self._read_spans(client, state.positions["agent_spans"], max_rows,
+                                      self._late_groups(client, "agent_spans", state))[0]
+        late_credentials = self._read_credentials(client, state.positions["credential_events"], max_rows,
+                                                  self._late_groups(client, "credential_events", state))[0]
         span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
         credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
                                                                 max_rows)
+        span_rows = late_spans + span_rows
+        credential_rows = late_credentials + credential_rows
         rows = len(span_rows) + len(credential_rows)
         if rows == 0:
             self._state = state
@@ -137,10 +155,17 @@ class DetectorWorker:
         state.credentials.process(credential_rows, state.book)
         state.positions["agent_spans"] = max(state.positions["agent_spans"], span_to)
         state.positions["credential_events"] = max(state.positions["credential_events"], credential_to)
+        self._remember_groups(state, "agent_spans", span_rows)
+        self._remember_groups(state, "credential_events", credential_rows)
+        self.stats["late_rows"] += len(late_spans) + len(late_credentials)
         changed = state.book.take_dirty()
         for a in changed:
             detectors = state.spans if a.kind in ("fanout", "cost_spike", "loop") else state.credentials
             a.summary, a.evidence = detectors.render(a)
+            if a.raised_by is not None:  # the span whose arrival raised it: where to start reading the trace
+                trace_id, span_id, at_ns, ingested_us = a.raised_by
+                a.evidence["raised_by"] = {"trace_id": trace_id, "span_id": span_id, "at": _utc_ns(at_ns),
+                                           "ingested_at": _utc_us(ingested_us)}
         written = anomaly_store.write(client, state.book, changed, min_score_step=self.config.update_score_step,
                                       min_last_seen_step_ns=int(self.config.update_last_seen_step_s * 1e9))
         self.stats["last_batch_written"] = len(written)
@@ -228,14 +253,8 @@ class DetectorWorker:
                 time.sleep(min(0.1, max(self.config.safety_lag_s, 0.01)))
 
     def _max_ingested(self, table: str) -> int:
-        if table == "agent_spans":
-            shard = self._shard_filter("Tenant")
-        else:
-            k, n = self.shard
-            owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
-            shard = "" if n == 1 else f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
-        value = self.client.query(f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table} WHERE 1{shard}"
-                                  ).result_rows[0][0]
+        value = self.client.query(f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table} "
+                                  f"WHERE 1{self._table_shard(table)}").result_rows[0][0]
         return int(value or 0)
 
     def save_checkpoint(self, position: str, state: str) -> None:
@@ -259,9 +278,11 @@ class DetectorWorker:
                 for table in state.positions:
                     state.positions[table] = int(self.client.query(
                         f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table}").result_rows[0][0] or 0)
+                self._mark_groups_seen(state)
             return state
         position, blob = saved
         positions = json.loads(position)
+        fresh = False
         try:
             state = WorkerState.decode(blob)
             if getattr(state, "version", None) != STATE_VERSION:
@@ -270,7 +291,10 @@ class DetectorWorker:
             log.warning("detector %s: model state not readable (%s); keeping positions, models start cold",
                         self.shard_name, exc)
             state = WorkerState(self.config)
+            fresh = True
         state.positions = {table: int(positions.get(table, 0)) for table in state.positions}
+        if fresh or not hasattr(state, "recent_groups"):
+            self._mark_groups_seen(state)  # a state without them: what the positions passed counts as seen
         state.spans.configure(self.config)
         state.credentials.configure(self.config)
         return state
@@ -302,6 +326,57 @@ class DetectorWorker:
         k, n = self.shard
         return "" if n == 1 else f" AND cityHash64({expression}) % {n} = {k}"
 
+    def _table_shard(self, table: str) -> str:
+        if table == "agent_spans":
+            return self._shard_filter("Tenant")
+        k, n = self.shard
+        owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
+        return "" if n == 1 else f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
+
+    def _group_counts(self, client: Client, table: str, position: int) -> dict[int, int]:
+        """IngestedAt (µs) -> rows, for the groups in the late-commit window before `position`."""
+        window_us = int(self.config.late_commit_window_s * 1e6)
+        rows = client.query(
+            f"SELECT toUnixTimestamp64Micro(IngestedAt) AS g, count() FROM {table} "
+            "WHERE IngestedAt > fromUnixTimestamp64Micro({lo:Int64}) AND IngestedAt <= fromUnixTimestamp64Micro("
+            f"{{pos:Int64}}){self._table_shard(table)} GROUP BY g",
+            parameters={"lo": position - window_us, "pos": position}).result_rows
+        return {int(g): int(n) for g, n in rows}
+
+    def _late_groups(self, client: Client, table: str, state: WorkerState) -> list[int]:
+        """Groups (IngestedAt µs) at or before the position that were not there when it passed them.
+
+        IngestedAt is taken when an insert starts; an insert that commits after a later one is
+        already visible (another receiver, a slow store) would be passed over by the position alone.
+        """
+        position = state.positions[table]
+        if position == 0 or self.config.late_commit_window_s <= 0:
+            return []
+        seen = state.recent_groups[table]
+        late = []
+        for group, n in self._group_counts(client, table, position).items():
+            done = seen.get(group)
+            if done is None:
+                late.append(group)
+            elif n > done:  # two inserts with the same microsecond, one late: its rows cannot be told apart
+                self.stats["late_collisions"] += 1
+                seen[group] = n
+                log.warning("detector %s: %d rows of %s committed late into an IngestedAt group already "
+                            "processed; they are not processed", self.shard_name, n - done, table)
+        return sorted(late)
+
+    def _mark_groups_seen(self, state: WorkerState) -> None:
+        state.recent_groups = {table: self._group_counts(self.client, table, position) if position else {}
+                               for table, position in state.positions.items()}
+
+    def _remember_groups(self, state: WorkerState, table: str, rows: list) -> None:
+        seen = state.recent_groups[table]
+        for row in rows:
+            seen[row.ingested_us] = seen.get(row.ingested_us, 0) + 1
+        horizon = state.positions[table] - int(self.config.late_commit_window_s * 1e6)
+        for group in [g for g in seen if g <= horizon]:
+            del seen[group]
+
     def _batch(self, table: str, where_shard: str) -> str:
         """WHERE clause of the next batch: IngestedAt after the position, up to a cut of whole groups."""
         return (f"IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}}) AND IngestedAt <= ("
@@ -310,18 +385,32 @@ class DetectorWorker:
                 f"AND IngestedAt <= now64(6) - toIntervalMillisecond({{lag:Int64}}){where_shard} "
                 f"ORDER BY IngestedAt LIMIT {{n:UInt64}})){where_shard}")
 
-    def _read_spans(self, client: Client, position: int, max_rows: int) -> tuple[list[SpanRow], int]:
+    def _groups_where(self, groups: list[int]) -> str:
+        """WHERE clause for whole IngestedAt groups (late commits) before the position."""
+        window_us = int(self.config.late_commit_window_s * 1e6)
+        return (f"IngestedAt > fromUnixTimestamp64Micro({min(groups) - 1}) "
+                f"AND IngestedAt <= fromUnixTimestamp64Micro({max(groups)}) "
+                f"AND toUnixTimestamp64Micro(IngestedAt) IN {{groups:Array(Int64)}} "
+                f"AND IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}} - {window_us})")
+
+    def _read_spans(self, client: Client, position: int, max_rows: int, groups: list[int] | None = None
+                    ) -> tuple[list[SpanRow], int]:
+        """The next batch after `position`; or, given `groups`, the rows of those IngestedAt groups."""
+        if groups == []:
+            return [], position
         shard = self._shard_filter("Tenant")
-        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows))}
+        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows)),
+                  "groups": groups or []}
+        where = self._batch("agent_spans", shard) if groups is None else self._groups_where(groups) + shard
         rows = client.query(
             "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, "
             "ParentSpanId, Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0) "
-            f"FROM agent_spans WHERE {self._batch('agent_spans', shard)} "
+            f"FROM agent_spans WHERE {where} "
             "ORDER BY IngestedAt, Timestamp, TraceId, SpanId", parameters=params).result_rows
         if not rows:
             return [], position
         to = rows[-1][0]
-        arguments = self._tool_arguments(client, position, to, rows, shard)
+        arguments = self._tool_arguments(client, rows[0][0] - 1, to, rows, shard)
         out = []
         for r in rows:
             args = arguments.get((r[2], r[3])) if r[8] == "execute_tool" else None
@@ -349,19 +438,21 @@ class DetectorWorker:
             parameters={"lo": min(tool_ts), "hi": max(tool_ts), "pos": position, "to": to}).result_rows
         return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
 
-    def _read_credentials(self, client: Client, position: int, max_rows: int) -> tuple[list[CredentialRow], int]:
+    def _read_credentials(self, client: Client, position: int, max_rows: int, groups: list[int] | None = None
+                          ) -> tuple[list[CredentialRow], int]:
+        if groups == []:
+            return [], position
         k, n = self.shard
         owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
-        if n == 1:
-            shard, mine = "", "1, 1"
-        else:
-            shard = f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
-            mine = f"cityHash64(Tenant) % {n} = {k}, cityHash64({owner}) % {n} = {k}"
-        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows))}
+        shard = self._table_shard("credential_events")
+        mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({owner}) % {n} = {k}"
+        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows)),
+                  "groups": groups or []}
+        where = self._batch("credential_events", shard) if groups is None else self._groups_where(groups) + shard
         rows = client.query(
             "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, Tenant, "
             f"AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine} "
-            f"FROM credential_events WHERE {self._batch('credential_events', shard)} "
+            f"FROM credential_events WHERE {where} "
             "ORDER BY IngestedAt, Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource",
             parameters=params).result_rows
         if not rows:

@@ -524,3 +524,21 @@ def test_terminal_replay_prints_every_step(fleet, client):
     out = io.StringIO()
     assert replay.replay(client, "f" * 32, out=out) == 1
     assert "no spans" in out.getvalue().lower()
+
+
+def test_cost_spike_chart_draws_the_detectors_learned_normal_and_threshold(fleet, client):
+    spike = fleet["ids"]["cost_spike"]
+    row = data.frame(client, "SELECT * FROM anomalies FINAL WHERE AnomalyId = {a:String}",
+                     {"a": spike["id"]}).to_dicts()[0]
+    # the seeded evidence has no detector baseline: the median minute before the anomaly stands in
+    fallback = data.anomaly_baseline(client, row)
+    assert fallback.normal_label == "normal before" and fallback.threshold is None
+    assert set(fallback.series["Series"]) == {"tenant total", spike["agent"]}
+    per_minute = fallback.series.pivot(on="Series", index="Time", values="Value").fill_null(0)
+    assert (per_minute["tenant total"] >= per_minute[spike["agent"]] - 1e-9).all()
+    assert per_minute[spike["agent"]].sum() > 0
+    # the worker's evidence: the tenant's learned mean and the threshold it crossed
+    row["Evidence"] = json.dumps({"tenant_usd": 41.2, "tenant_threshold": 9.75,
+                                  "tenant_baseline": {"mean": 1.37, "std": 0.4, "warm": True, "threshold": 8.2}})
+    learned = data.anomaly_baseline(client, row)
+    assert (learned.normal, learned.normal_label, learned.threshold) == (1.37, "learned normal", 9.75)

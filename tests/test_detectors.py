@@ -613,6 +613,32 @@ def test_rows_younger_than_the_safety_lag_wait_for_the_next_batch(dsn, unit_db):
     assert worker.status()["span_rows"] == 20
 
 
+def test_an_insert_that_commits_late_is_processed_once(dsn, unit_db):
+    """IngestedAt is taken when an insert starts: one that commits after a later insert is already read
+    lies behind the worker's position. It is picked up on the next batch, once, and not after a restart."""
+    database, client, rows = unit_db
+    worker = _worker(dsn, database, **UNIT)
+    rows.spans(_steady("acme", range(0, 5), 0.5))
+    started_early = rows.ingested_us + 1_000_000
+    rows.ingested_us += 5_000_000
+    rows.spans(_steady("acme", range(5, 10), 0.5))
+    rows.credential_uses([(START_NS + 9 * MINUTE, "acme", "acme-planner-1", "cred-acme-db", "acme")])
+    assert worker.run_once() == 41
+    later = rows.ingested_us
+    rows.ingested_us = started_early  # the slow inserts: begun before the rows above, visible only now
+    rows.spans(_steady("acme", range(10, 12), 0.5))
+    rows.credential_uses([(START_NS + 11 * MINUTE, "globex", "globex-planner-1", "cred-acme-db", "acme")])
+    assert rows.ingested_us < later
+    assert worker.run_once() == 9
+    assert worker.run_once() == 0
+    assert worker.stats["late_rows"] == 9
+    assert worker.status()["span_rows"] == 48
+    # the late cross-tenant use was judged like any other
+    assert [a.kind for a in evaluation.load_anomalies(client)] == ["cross_tenant"]
+    restarted = _worker(dsn, database, **UNIT)
+    assert restarted.run_once() == 0
+
+
 def test_run_forever_raises_within_seconds_and_checkpoints_when_stopped(dsn, unit_db):
     import json
     import threading
