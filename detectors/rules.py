@@ -588,9 +588,11 @@ def render_fanout(a: Anomaly, t: TraceState) -> tuple[str, dict]:
                   f"{subs.get('mean', 0):.1f} sub-agents per trace")
     else:
         normal = "no learned baseline for this agent kind yet, so its hard limits applied"
+    # agent spans end (and arrive) after their children: depth is known only once invoke spans arrived
+    depth = f", depth {t.depth}" if t.depth else ""
     summary = (f"Runaway fan-out: {t.root_name} agent {t.root_agent} ({t.tenant}) has {t.sub_agents} sub-agents "
-               f"that made {t.calls:,} model calls in {_ago(span)} (peak {t.peak_per_min:,} calls/min, depth "
-               f"{t.depth}) in trace {a.trace_id}; {normal}.")
+               f"that made {t.calls:,} model calls in {_ago(span)} (peak {t.peak_per_min:,} calls/min{depth}) "
+               f"in trace {a.trace_id}; {normal}.")
     evidence = {
         "trace_id": a.trace_id, "root_agent_name": t.root_name, "root_agent_id": t.root_agent,
         "root_span_id": t.root_span or None, "model_calls": t.calls, "calls_per_minute_peak": t.peak_per_min,

@@ -12,13 +12,16 @@ and the learned baselines (cold start, floor, daily seasonality).
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import agentwatch
 from agentwatch import demo
 from agentwatch.detectors import evaluation
+from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
 from agentwatch.detectors.anomalies import anomaly_id
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.worker import DetectorWorker, parse_shard
@@ -159,11 +162,31 @@ def test_no_false_positives_on_the_labelled_scenario(fleet, detected):
     assert len({r.tenant for r in extra}) == len(extra)  # one per actor tenant, not one per use
 
 
-def test_a_normal_only_run_of_the_same_length_raises_nothing(fleet, detected_normal):
+def test_a_normal_only_run_of_the_same_length_raises_nothing(dsn, fleet, detected_normal):
     assert fleet["normal"][1].incidents == []
     assert detected_normal.spans > 25_000
     assert detected_normal.stats["span_rows"] == detected_normal.spans
     assert detected_normal.rows == [], [(r.kind, r.tenant, r.summary) for r in detected_normal.rows]
+    # and so no alert: the dispatcher, pointed at a webhook on loopback, sends nothing
+    received = []
+
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server API)
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        database = fleet["normal"][0]
+        dispatcher = AlertDispatcher(lambda: store.connect(dsn, database),
+                                     AlertConfig(webhook_urls=[f"http://127.0.0.1:{server.server_address[1]}/"]))
+        dispatcher.run_once()
+        dispatcher.close()
+    finally:
+        server.shutdown()
+    assert received == []
 
 
 def test_summaries_and_evidence_carry_the_numbers(fleet, detected):
@@ -639,9 +662,8 @@ def test_an_insert_that_commits_late_is_processed_once(dsn, unit_db):
     assert restarted.run_once() == 0
 
 
-def test_run_forever_raises_within_seconds_and_checkpoints_when_stopped(dsn, unit_db):
+def test_run_forever_raises_on_new_rows_and_checkpoints_when_stopped(dsn, unit_db):
     import json
-    import threading
 
     database, client, rows = unit_db
     worker = DetectorWorker(lambda: store.connect(dsn, database),
@@ -655,10 +677,9 @@ def test_run_forever_raises_within_seconds_and_checkpoints_when_stopped(dsn, uni
         rows.ingested_us = max(rows.ingested_us, time.time_ns() // 1_000)  # IngestedAt only moves forward
         inserted = time.monotonic()
         rows.spans([(START_NS + 19 * MINUTE + 50 * NS, "acme", 40.0)])
-        while not evaluation.load_anomalies(client):
-            assert time.monotonic() - inserted < 5, "not raised within 5 s"
+        while not evaluation.load_anomalies(client):  # how fast: bench/detection_latency.py
+            assert time.monotonic() - inserted < 60, "the running worker never raised it"
             time.sleep(0.05)
-        print(f"\nraised {time.monotonic() - inserted:.2f}s after the insert")
     finally:
         stop.set()
         thread.join(30)
