@@ -46,34 +46,43 @@ def _wait_for_termination() -> None:
     stop.wait()
 
 
-def _start_detection(settings: config.Settings, shard: tuple[int, int] = (0, 1), alerts: bool = True):
-    """The detector worker and the alert dispatcher, each in its own thread."""
-    from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
-    from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+class Detection:
+    """The detector worker and the alert dispatcher of this process, each in its own thread."""
 
-    stop = threading.Event()
-    connect = _connect_factory(settings)
-    loops = [DetectorWorker(connect, DetectorConfig.from_env(), shard=shard).run_forever]
-    if alerts:
-        loops.append(AlertDispatcher(connect, AlertConfig.from_env()).run_forever)
-    threads = [threading.Thread(target=loop, args=(stop,), name=f"agentwatch-{loop.__self__.__class__.__name__}",
-                                daemon=True) for loop in loops]
-    for thread in threads:
-        thread.start()
-    return stop, threads
+    def __init__(self, settings: config.Settings, shard: tuple[int, int] = (0, 1), alerts: bool = True) -> None:
+        from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
+        from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
 
+        connect = _connect_factory(settings)
+        self.stop_event = threading.Event()
+        self.worker = DetectorWorker(connect, DetectorConfig.from_env(), shard=shard)
+        self.dispatcher = AlertDispatcher(connect, AlertConfig.from_env()) if alerts else None
+        loops = [self.worker.run_forever] + ([self.dispatcher.run_forever] if self.dispatcher else [])
+        self.threads = [threading.Thread(target=loop, args=(self.stop_event,), daemon=True,
+                                         name=f"agentwatch-{loop.__self__.__class__.__name__}") for loop in loops]
+        for thread in self.threads:
+            thread.start()
 
-def _stop_detection(stop: threading.Event, threads: list[threading.Thread]) -> None:
-    stop.set()
-    for thread in threads:
-        thread.join(60)
+    def metrics(self, registry=None):
+        """A Prometheus registry (`registry` if given) with the worker's and dispatcher's metrics."""
+        from agentwatch.detectors.metrics import registry_for
+
+        return registry_for(self.worker, self.dispatcher, registry)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(60)
 
 
 def cmd_serve(args, settings: config.Settings) -> int:
     """`up` (receiver, detectors, alerts, dashboard) and `collector` (receiver only), until SIGTERM."""
     _prepare_store(settings)
     receiver = _start_receiver(settings)
-    detection = _start_detection(settings) if args.command == "up" else None
+    detection = None
+    if args.command == "up":
+        detection = Detection(settings)
+        detection.metrics(receiver.metrics.registry)  # served on the receiver's /metrics
     print(f"agentwatch {args.command}: OTLP/HTTP on {settings.listen_host}:{receiver.http_port}, "
           f"OTLP/gRPC on {settings.listen_host}:{receiver.grpc_port}, store {settings.dsn} "
           f"database {settings.database}" + (", detectors and alerts running" if detection else ""), flush=True)
@@ -88,7 +97,7 @@ def cmd_serve(args, settings: config.Settings) -> int:
     log.info("stopping: writing everything accepted")
     receiver.stop()
     if detection:
-        _stop_detection(*detection)
+        detection.stop()
     print(f"agentwatch {args.command}: stopped after writing {receiver.writer.written_rows} rows", flush=True)
     return 0
 
@@ -119,10 +128,16 @@ def cmd_detect(args, settings: config.Settings) -> int:
         print(f"--shard must be k/N with 0 <= k < N, not {args.shard!r}", file=sys.stderr)
         return 2
     _prepare_store(settings)
-    detection = _start_detection(settings, (index, count), alerts=args.alerts)
-    print(f"agentwatch detect: shard {index}/{count}" + (", alerts on" if args.alerts else ""), flush=True)
+    detection = Detection(settings, (index, count), alerts=args.alerts)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=settings.listen_host, registry=detection.metrics())
+    print(f"agentwatch detect: shard {index}/{count}" + (", alerts on" if args.alerts else "")
+          + (f", metrics on http://{settings.listen_host}:{args.metrics_port}/metrics" if args.metrics_port else ""),
+          flush=True)
     _wait_for_termination()
-    _stop_detection(*detection)
+    detection.stop()
     return 0
 
 
@@ -170,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--shard", default="0/1", help="k/N: take the tenants whose hash falls to shard k of N")
     detect.add_argument("--no-alerts", dest="alerts", action="store_false",
                         help="detect only; run the dispatcher elsewhere (once per fleet)")
+    detect.add_argument("--metrics-port", type=int, default=9464,
+                        help="serve the detectors' Prometheus metrics here (0: off; default 9464)")
 
     commands.add_parser("dashboard", help="run the Streamlit replay dashboard")
     replay = commands.add_parser("replay", help="replay a trace step by step in the terminal")

@@ -324,6 +324,7 @@ class AlertDispatcher:
         self._verify_all = True  # first cycle after loading the checkpoint: check every needed event
         self._pending_since: dict[str, float] = {}
         self._dirty = False
+        self.attempts: dict[tuple[str, str, str], int] = {}  # (sink, event, delivered|failed) -> HTTP attempts
         self.delivered = 0  # deliveries made (2xx) since start
         self.failed = 0  # deliveries given up on since start
 
@@ -764,6 +765,8 @@ class AlertDispatcher:
     def _log_attempt(self, delivery: _Delivery, attempt: int, status: int, delivered: bool, error: str) -> None:
         """One row per anomaly the request covers; the payload (secrets redacted) on the first one's row."""
         request = delivery.request
+        key = (delivery.sink.name, delivery.event, "delivered" if delivered else "failed")
+        self.attempts[key] = self.attempts.get(key, 0) + 1
         payload = request.stored_text()
         sent_at = datetime.now(timezone.utc)
         rows = [[delivery.delivery_id, aid, delivery.sink.name, delivery.sink.target, delivery.event, attempt,

@@ -116,7 +116,8 @@ class DetectorWorker:
         self._pending = False  # batches processed since the last checkpoint
         self.stats = {"batches": 0, "rows": 0, "span_rows": 0, "credential_rows": 0, "anomalies_written": 0,
                       "last_batch_rows": 0, "last_batch_written": 0, "last_batch_s": 0.0, "checkpoints": 0,
-                      "restores": 0, "errors": 0, "late_rows": 0, "late_collisions": 0}
+                      "restores": 0, "errors": 0, "late_rows": 0, "late_collisions": 0,
+                      "caught_up": False, "last_ingested_us": 0}
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -148,9 +149,11 @@ class DetectorWorker:
         span_rows = late_spans + span_rows
         credential_rows = late_credentials + credential_rows
         rows = len(span_rows) + len(credential_rows)
+        self.stats["caught_up"] = rows == 0
         if rows == 0:
             self._state = state
             return 0
+        self.stats["last_ingested_us"] = max(self.stats["last_ingested_us"], span_to, credential_to)
         state.spans.process(span_rows, state.book)
         state.credentials.process(credential_rows, state.book)
         state.positions["agent_spans"] = max(state.positions["agent_spans"], span_to)

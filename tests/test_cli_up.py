@@ -1,0 +1,108 @@
+"""`agentwatch up` as a user runs it: one process, the demo fleet sent to it over OTLP, alerts
+reaching a webhook on loopback, its own health on /metrics, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{key}="{value}"' in line for key, value in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
+    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    http_port = free_port()
+    env = {**os.environ, "AGENTWATCH_DATA_DIR": str(tmp_path / "data"), "AGENTWATCH_OTLP_HTTP_PORT": str(http_port),
+           "AGENTWATCH_OTLP_GRPC_PORT": str(free_port()), "AGENTWATCH_DASHBOARD_PORT": str(free_port()),
+           "AGENTWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{webhook.server_address[1]}/hook",
+           "AGENTWATCH_DASHBOARD_URL": "http://agentwatch.example:8501"}
+    for key in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE", "AGENTWATCH_CONFIG"):
+        env.pop(key, None)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([sys.executable, "-m", "agentwatch.cli", "up"], env=env, cwd=tmp_path, stdout=log,
+                          stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        def healthy():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                return httpx.get(f"{base}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout_s=120)
+        labels = tmp_path / "labels.json"
+        demo = subprocess.run([sys.executable, "-m", "agentwatch.cli", "demo", "--duration", "900", "--endpoint", base,
+                               "--labels", str(labels)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        incidents = json.loads(labels.read_text())["incidents"]
+        assert {i["kind"] for i in incidents} == {"fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop"}
+
+        def alerted() -> set[tuple[str, str]]:
+            return {(a["kind"], a["tenant"]) for body in Webhook.received for a in (body.get("anomalies") or [body])
+                    if a.get("event", "new") == "new"}
+
+        # a cold start (no history to learn from): the hard guard rails and the cross-tenant rule catch them all
+        wait_for(lambda: {(i["kind"], i["tenant"]) for i in incidents} <= alerted(), timeout_s=180)
+        first = next(a for body in Webhook.received for a in (body.get("anomalies") or [body]))
+        assert first["url"].startswith("http://agentwatch.example:8501/?anomaly=")
+
+        page = httpx.get(f"{base}/metrics").text
+        assert metric(page, "agentwatch_detector_rows_total", shard="0/1", table="agent_spans") > 10_000
+        assert metric(page, "agentwatch_detector_rows_total", table="credential_events") > 0
+        assert metric(page, "agentwatch_detector_errors_total") == 0
+        assert metric(page, "agentwatch_alert_delivered_total") >= len(incidents)
+        assert metric(page, "agentwatch_alert_attempts_total", sink="webhook", event="new", outcome="delivered") > 0
+        assert metric(page, "agentwatch_receiver_written_rows_total", table="otel_traces") > 10_000
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            code = up.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+        webhook.shutdown()
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert "stopped after writing" in (tmp_path / "up.log").read_text()
