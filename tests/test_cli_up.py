@@ -9,14 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import wait_for
+from tests.helpers import JsonWebhook, prometheus_value, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,34 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server API)
-        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-def metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{key}="{value}"' in line for key, value in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
-    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    webhook = JsonWebhook()
     http_port = free_port()
     env = {**os.environ, "AGENTWATCH_DATA_DIR": str(tmp_path / "data"), "AGENTWATCH_OTLP_HTTP_PORT": str(http_port),
            "AGENTWATCH_OTLP_GRPC_PORT": str(free_port()), "AGENTWATCH_DASHBOARD_PORT": str(free_port()),
-           "AGENTWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{webhook.server_address[1]}/hook",
+           "AGENTWATCH_ALERT_WEBHOOK_URL": webhook.url,
            "AGENTWATCH_DASHBOARD_URL": "http://agentwatch.example:8501"}
     for key in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE", "AGENTWATCH_CONFIG"):
         env.pop(key, None)
@@ -80,21 +55,20 @@ def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
         assert {i["kind"] for i in incidents} == {"fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop"}
 
         def alerted() -> set[tuple[str, str]]:
-            return {(a["kind"], a["tenant"]) for body in Webhook.received for a in (body.get("anomalies") or [body])
-                    if a.get("event", "new") == "new"}
+            return {(a["kind"], a["tenant"]) for a in webhook.alerts() if a.get("event", "new") == "new"}
 
         # a cold start (no history to learn from): the hard guard rails and the cross-tenant rule catch them all
         wait_for(lambda: {(i["kind"], i["tenant"]) for i in incidents} <= alerted(), timeout_s=180)
-        first = next(a for body in Webhook.received for a in (body.get("anomalies") or [body]))
+        first = webhook.alerts()[0]
         assert first["url"].startswith("http://agentwatch.example:8501/?anomaly=")
 
         page = httpx.get(f"{base}/metrics").text
-        assert metric(page, "agentwatch_detector_rows_total", shard="0/1", table="agent_spans") > 10_000
-        assert metric(page, "agentwatch_detector_rows_total", table="credential_events") > 0
-        assert metric(page, "agentwatch_detector_errors_total") == 0
-        assert metric(page, "agentwatch_alert_delivered_total") >= len(incidents)
-        assert metric(page, "agentwatch_alert_attempts_total", sink="webhook", event="new", outcome="delivered") > 0
-        assert metric(page, "agentwatch_receiver_written_rows_total", table="otel_traces") > 10_000
+        assert prometheus_value(page, "agentwatch_detector_rows_total", shard="0/1", table="agent_spans") > 10_000
+        assert prometheus_value(page, "agentwatch_detector_rows_total", table="credential_events") > 0
+        assert prometheus_value(page, "agentwatch_detector_errors_total") == 0
+        assert prometheus_value(page, "agentwatch_alert_delivered_total") >= len(incidents)
+        assert prometheus_value(page, "agentwatch_alert_attempts_total", sink="webhook", event="new", outcome="delivered") > 0
+        assert prometheus_value(page, "agentwatch_receiver_written_rows_total", table="otel_traces") > 10_000
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -102,7 +76,7 @@ def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
         except subprocess.TimeoutExpired:
             up.kill()
             raise
-        webhook.shutdown()
+        webhook.stop()
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()
     assert "stopped after writing" in (tmp_path / "up.log").read_text()

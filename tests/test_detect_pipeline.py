@@ -3,10 +3,7 @@ detector worker -> anomalies -> alert dispatcher -> a JSON webhook on loopback."
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,29 +12,16 @@ from agentwatch import demo
 from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
 from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
 from agentwatch.schemas import store
-from tests.helpers import fresh_database, start_receiver
+from tests.helpers import JsonWebhook, fresh_database, start_receiver
 
 ALERT_KEYS = {"kind", "severity", "tenant", "agent", "trace_id", "summary", "detected_at", "status", "url"}
 
 
-class Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server API)
-        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def webhook_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
-    server.shutdown()
+def webhook():
+    hook = JsonWebhook()
+    yield hook
+    hook.stop()
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +42,7 @@ def scenario(dsn):
     return database, result
 
 
-def alerts(received: list[dict]) -> list[dict]:
-    """Every alert, with grouped notifications unfolded."""
-    return [alert for body in received for alert in (body.get("anomalies") or [body])]
-
-
-def test_every_incident_reaches_the_webhook_once_with_its_kind_and_tenant(dsn, scenario, webhook_url):
+def test_every_incident_reaches_the_webhook_once_with_its_kind_and_tenant(dsn, scenario, webhook):
     database, result = scenario
 
     def connect():
@@ -77,13 +56,13 @@ def test_every_incident_reaches_the_webhook_once_with_its_kind_and_tenant(dsn, s
     resumed = DetectorWorker(connect, DetectorConfig())
     resumed.catch_up(max_rows=20_000)  # run_once alone returns 0 while the newest rows are within the safety lag
 
-    config = AlertConfig(webhook_urls=[webhook_url], backoff_s=0.05)
-    Webhook.received.clear()
+    config = AlertConfig(webhook_urls=[webhook.url], backoff_s=0.05)
+    webhook.received.clear()
     for _ in range(2):  # the second, a restarted dispatcher, must send nothing again
         dispatcher = AlertDispatcher(connect, config)
         dispatcher.run_once()
         dispatcher.close()
-    sent = [alert for alert in alerts(Webhook.received) if alert.get("event", "new") == "new"]
+    sent = [alert for alert in webhook.alerts() if alert.get("event", "new") == "new"]
 
     for incident in result.incidents:
         matching = [alert for alert in sent if alert["kind"] == incident.kind and alert["tenant"] == incident.tenant]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -26,7 +25,7 @@ from agentwatch.detectors.anomalies import anomaly_id
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.worker import DetectorWorker, parse_shard
 from agentwatch.schemas import store
-from tests.helpers import fresh_database, start_receiver
+from tests.helpers import JsonWebhook, fresh_database, start_receiver
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
@@ -168,25 +167,15 @@ def test_a_normal_only_run_of_the_same_length_raises_nothing(dsn, fleet, detecte
     assert detected_normal.stats["span_rows"] == detected_normal.spans
     assert detected_normal.rows == [], [(r.kind, r.tenant, r.summary) for r in detected_normal.rows]
     # and so no alert: the dispatcher, pointed at a webhook on loopback, sends nothing
-    received = []
-
-    class Webhook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server API)
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    webhook = JsonWebhook()
     try:
         database = fleet["normal"][0]
-        dispatcher = AlertDispatcher(lambda: store.connect(dsn, database),
-                                     AlertConfig(webhook_urls=[f"http://127.0.0.1:{server.server_address[1]}/"]))
+        dispatcher = AlertDispatcher(lambda: store.connect(dsn, database), AlertConfig(webhook_urls=[webhook.url]))
         dispatcher.run_once()
         dispatcher.close()
     finally:
-        server.shutdown()
-    assert received == []
+        webhook.stop()
+    assert webhook.received == []
 
 
 def test_summaries_and_evidence_carry_the_numbers(fleet, detected):

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from agentwatch.collector.receiver import api_keys
 from agentwatch.collector.receiver.pricing import reference_cost
-from tests.helpers import fresh_database, start_receiver
+from tests.helpers import fresh_database, prometheus_value, start_receiver
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -50,13 +50,7 @@ def count(client, sql: str, **params) -> int:
 
 
 def metric_value(receiver, name: str, **labels) -> float:
-    text = httpx.get(f"http://127.0.0.1:{receiver.http_port}/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{key}="{value}"' in line for key, value in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    return prometheus_value(httpx.get(f"http://127.0.0.1:{receiver.http_port}/metrics").text, name, **labels)
 
 
 def otlp_request(trace_id: bytes, spans: int = 1, name: str = "chat gpt-4o", **attributes) -> bytes:
