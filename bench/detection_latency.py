@@ -85,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=300, help="seconds of real-time fleet with incidents")
     parser.add_argument("--history", type=float, default=3600, help="seconds of normal history fast-forwarded first")
+    parser.add_argument("--seed", type=int, default=7, help="the demo fleet's seed (tenants, incidents)")
     args = parser.parse_args()
 
     import agentwatch
@@ -109,7 +110,8 @@ def main() -> None:
     history_end = time.time_ns()
     clock = demo.make_clock(history_end - int(args.history * 1e9))
     agentwatch.init("demo-fleet", endpoint=endpoint, clock=clock, gpu_interval=None, max_queue_size=65_536)
-    demo.run_fleet(duration_s=args.history, fast_forward=True, incidents=False, start_ns=clock())
+    demo.run_fleet(duration_s=args.history, fast_forward=True, incidents=False, start_ns=clock(),
+                   seed=args.seed)
     agentwatch.flush()
     receiver.flush()
 
@@ -126,7 +128,7 @@ def main() -> None:
 
     agentwatch.init("demo-fleet", endpoint=endpoint, gpu_interval=None, max_queue_size=65_536)
     started = time.perf_counter()
-    result = demo.run_fleet(duration_s=args.duration, fast_forward=False, incidents=True)
+    result = demo.run_fleet(duration_s=args.duration, fast_forward=False, incidents=True, seed=args.seed)
     agentwatch.flush()
     receiver.flush()
     time.sleep(15)  # let the last windows close and alerts go out
@@ -160,7 +162,7 @@ def main() -> None:
             measures[key].append(value)
         by_incident[name] = {key: round(value, 2) for key, value in latency.items()}
     print(json.dumps({
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "seed": args.seed,
         "real_time_seconds": round(time.perf_counter() - started, 1),
         "incidents": len(result.incidents), "alerted": sum(1 for v in by_incident.values() if v),
         "by_incident": by_incident,
