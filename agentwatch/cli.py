@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--no-alerts", dest="alerts", action="store_false",
                         help="detect only; run the dispatcher elsewhere (once per fleet)")
     detect.add_argument("--metrics-port", type=int, default=9464,
-                        help="serve the detectors' Prometheus metrics here (0: off; default 9464)")
+                        help="serve the detectors' Prometheus metrics on this port (0: off; one port per process)")
 
     commands.add_parser("dashboard", help="run the Streamlit replay dashboard")
     replay = commands.add_parser("replay", help="replay a trace step by step in the terminal")

@@ -33,7 +33,8 @@ class DetectionCollector:
     def _worker_metrics(worker: DetectorWorker) -> Iterator[Metric]:
         status = worker.status()
         shard = [status["shard"]]
-        rows = CounterMetricFamily("agentwatch_detector_rows", "Rows the detectors processed", labels=["shard", "table"])
+        rows = CounterMetricFamily("agentwatch_detector_rows", "Rows the detectors processed",
+                                   labels=["shard", "table"])
         rows.add_metric(shard + ["agent_spans"], status["span_rows"])
         rows.add_metric(shard + ["credential_events"], status["credential_rows"])
         yield rows

@@ -67,7 +67,8 @@ def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
         assert prometheus_value(page, "agentwatch_detector_rows_total", table="credential_events") > 0
         assert prometheus_value(page, "agentwatch_detector_errors_total") == 0
         assert prometheus_value(page, "agentwatch_alert_delivered_total") >= len(incidents)
-        assert prometheus_value(page, "agentwatch_alert_attempts_total", sink="webhook", event="new", outcome="delivered") > 0
+        assert prometheus_value(page, "agentwatch_alert_attempts_total", sink="webhook", event="new",
+                                outcome="delivered") > 0
         assert prometheus_value(page, "agentwatch_receiver_written_rows_total", table="otel_traces") > 10_000
     finally:
         up.send_signal(signal.SIGTERM)
