@@ -48,13 +48,13 @@ class Webhook(BaseHTTPRequestHandler):
         pass
 
 
-def alerts_by_kind_and_tenant() -> dict[tuple[str, str], tuple[float, str]]:
-    """(kind, tenant) -> (when its first new-anomaly alert reached the webhook, anomaly id)."""
-    first: dict[tuple[str, str], tuple[float, str]] = {}
+def first_alerts() -> dict[str, float]:
+    """Anomaly id -> when its first new-anomaly alert reached the webhook."""
+    first: dict[str, float] = {}
     for arrived, body in Webhook.received:
         for alert in body.get("anomalies") or [body]:
             if alert.get("event", "new") == "new":
-                first.setdefault((alert["kind"], alert["tenant"]), (arrived, alert["anomaly_id"]))
+                first.setdefault(alert["anomaly_id"], arrived)
     return first
 
 
@@ -91,6 +91,7 @@ def main() -> None:
     import agentwatch
     from agentwatch import demo
     from agentwatch.collector.receiver import Receiver, ReceiverConfig
+    from agentwatch.detectors import evaluation
     from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
     from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
     from agentwatch.schemas import migrate, store
@@ -137,7 +138,8 @@ def main() -> None:
         thread.join(30)
     receiver.stop()
 
-    alerts = alerts_by_kind_and_tenant()
+    alerts = first_alerts()
+    anomalies = evaluation.load_anomalies(client)
     by_incident, measures = {}, {"from_raising_span_arrival": [], "from_raising_span_end": [],
                                  "from_first_incident_span": []}
     for incident in result.incidents:
@@ -149,10 +151,14 @@ def main() -> None:
             parameters={"t": incident.trace_id, "c": incident.credential_id or "-", "s": incident.started_at_ns},
         ).result_rows[0][0] / 1e6
         name = f"{incident.kind}/{incident.tenant}"
-        if (incident.kind, incident.tenant) not in alerts:
+        # the incident's own anomaly (a cross_tenant alert of the same tenant may be another credential's)
+        alerted_ids = [a.anomaly_id for a in anomalies
+                       if evaluation.matches(a, evaluation.Label.of(incident)) and a.anomaly_id in alerts]
+        if not alerted_ids:
             by_incident[name] = None
             continue
-        alerted, anomaly_id = alerts[(incident.kind, incident.tenant)]
+        anomaly_id = min(alerted_ids, key=alerts.get)
+        alerted = alerts[anomaly_id]
         raised = raising_span(client, anomaly_id)
         latency = {"from_first_incident_span": alerted - first_arrival}
         if raised is not None:
