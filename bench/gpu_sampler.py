@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 
 class _Capture(BaseHTTPRequestHandler):
-    """Stands in for nothing: it only keeps the bytes the real exporter sends, for replay into a receiver."""
+    """Keeps each request body the exporter sends, whole, to replay into a receiver elsewhere."""
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
