@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", help="send to a running receiver (e.g. http://127.0.0.1:4318) instead of "
                                          "starting one in this process")
     demo.add_argument("--labels", help="also write the incident labels to this JSON file")
+    demo.add_argument("--no-detect", dest="detect", action="store_false",
+                      help="do not run the detectors over what was sent (only without --endpoint)")
     return parser
 
 

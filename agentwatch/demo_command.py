@@ -3,7 +3,10 @@
 Without --endpoint it starts the receiver in this process on the configured
 store (the embedded one by default), fast-forwards the last `--duration`
 seconds of fleet activity, writes the incident labels to `demo_incidents`,
-and prints what landed.
+prints what landed, then runs the detector worker over it (resuming from its
+checkpoint, as `agentwatch detect` would) and prints what it found against
+the labels. With --endpoint the receiver there, and the detectors beside it,
+do that part.
 """
 
 from __future__ import annotations
@@ -51,6 +54,32 @@ def _summary(client, run: demo.DemoResult) -> str:
     return "\n".join(lines)
 
 
+def _detect(settings: config.Settings, client, run: demo.DemoResult) -> str:
+    from agentwatch.detectors import evaluation
+    from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+
+    began = time.perf_counter()
+    worker = DetectorWorker(lambda: store.connect(settings.dsn, settings.database), DetectorConfig.from_env())
+    worker.catch_up(timeout_s=900)
+    seconds = time.perf_counter() - began
+    rows = worker.stats["rows"]
+    worker.close()
+    slack = 600 * 10**9
+    found = sorted((a for a in evaluation.load_anomalies(client)
+                    if run.started_at_ns - slack <= a.first_seen_ns <= run.ended_at_ns + slack),
+                   key=lambda a: a.first_seen_ns)
+    lines = ["", f"found by the detectors ({rows:,} rows in {seconds:.1f}s):"]
+    lines += [f"  {a.kind:<18}{a.tenant:<12}{a.severity:<10}{a.summary}" for a in found]
+    if not found:
+        lines.append("  nothing")
+    labels = [evaluation.Label.of(i) for i in run.incidents]
+    if labels:
+        caught = sum(1 for label in labels if any(evaluation.matches(a, label) for a in found))
+        lines.append(f"injected incidents detected: {caught}/{len(labels)}")
+    lines.append(f"replay them: agentwatch dashboard (http://127.0.0.1:{settings.dashboard_port})")
+    return "\n".join(lines)
+
+
 def run(args, settings: config.Settings) -> int:
     embedded = store.is_embedded(settings.dsn)
     owns_store = not args.endpoint or not embedded
@@ -94,6 +123,8 @@ def run(args, settings: config.Settings) -> int:
     if client is not None:
         demo.record_incidents(client, result.run_id, result.incidents)
         print(_summary(client, result), flush=True)
+        if args.detect:
+            print(_detect(settings, client, result), flush=True)
     else:
         print(json.dumps(json.loads(demo.incidents_to_json(result)), indent=2))
     if receiver is not None:

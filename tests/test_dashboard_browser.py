@@ -46,8 +46,8 @@ def _env(data_dir: Path) -> dict:
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("dashboard_browser")
     env = _env(base / "data")
-    demo = subprocess.run([sys.executable, "-m", "agentwatch.cli", "demo", "--duration", "900"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    demo = subprocess.run([sys.executable, "-m", "agentwatch.cli", "demo", "--duration", "900", "--no-detect"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     dsn = f"chdb://{base / 'data' / 'clickhouse'}"
     seeded = subprocess.run([sys.executable, "-c", "import sys; from tests.test_dashboard import seed_main; "

@@ -1,5 +1,6 @@
-"""`agentwatch up` as a user runs it: one process, the demo fleet sent to it over OTLP, alerts
-reaching a webhook on loopback, its own health on /metrics, a clean exit on SIGTERM."""
+"""The commands as a user runs them, as processes: `agentwatch demo` on a fresh embedded store, and
+`agentwatch up` taking the demo fleet over OTLP, alerting on a loopback webhook, showing its own
+health on /metrics and exiting cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -24,15 +25,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def clean_env(tmp_path: Path, **settings) -> dict:
+    env = {**os.environ, "AGENTWATCH_DATA_DIR": str(tmp_path / "data"), **settings}
+    for key in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE", "AGENTWATCH_CONFIG"):
+        env.pop(key, None)
+    return env
+
+
+def test_demo_sends_the_fleet_and_reports_what_the_detectors_found(tmp_path):
+    demo = subprocess.run([sys.executable, "-m", "agentwatch.cli", "demo", "--duration", "900"], env=clean_env(tmp_path),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert "(0 dropped by the export queue)" in out
+    found = out[out.index("found by the detectors"):]
+    for kind in ("fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop"):
+        assert f"\n  {kind} " in found, found
+    assert "injected incidents detected: 5/5" in found
+
+
 def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
     webhook = JsonWebhook()
     http_port = free_port()
-    env = {**os.environ, "AGENTWATCH_DATA_DIR": str(tmp_path / "data"), "AGENTWATCH_OTLP_HTTP_PORT": str(http_port),
-           "AGENTWATCH_OTLP_GRPC_PORT": str(free_port()), "AGENTWATCH_DASHBOARD_PORT": str(free_port()),
-           "AGENTWATCH_ALERT_WEBHOOK_URL": webhook.url,
-           "AGENTWATCH_DASHBOARD_URL": "http://agentwatch.example:8501"}
-    for key in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE", "AGENTWATCH_CONFIG"):
-        env.pop(key, None)
+    env = clean_env(tmp_path, AGENTWATCH_OTLP_HTTP_PORT=str(http_port), AGENTWATCH_OTLP_GRPC_PORT=str(free_port()),
+                    AGENTWATCH_DASHBOARD_PORT=str(free_port()), AGENTWATCH_ALERT_WEBHOOK_URL=webhook.url,
+                    AGENTWATCH_DASHBOARD_URL="http://agentwatch.example:8501")
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen([sys.executable, "-m", "agentwatch.cli", "up"], env=env, cwd=tmp_path, stdout=log,
                           stderr=subprocess.STDOUT)
