@@ -154,15 +154,37 @@ class TraceState:
 FANOUT_METRICS = ("model_calls", "calls_per_minute", "sub_agents", "invocations", "depth")
 
 
-class SpanDetectors:
-    """fanout, loop and cost_spike over the agent_spans stream of one shard."""
+class EventTimeStream:
+    """One stream's event-time clock: the watermark, and `tick` each time it passes a boundary."""
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self) -> None:
         self.max_ts = 0
         self.watermark = -(1 << 62)
         self.next_tick = -(1 << 62)
         self.late_rows = 0
         self.rows = 0
+
+    def advance(self, row: SpanRow | CredentialRow, book: AnomalyBook, lateness_ns: int) -> None:
+        """Take the next row's event time (and make it the row a new anomaly is raised by)."""
+        self.rows += 1
+        book.current_row = (row.trace, row.span, row.ts, row.ingested_us)
+        if row.ts > self.max_ts:
+            self.max_ts = row.ts
+            wm = row.ts - lateness_ns
+            if wm > self.watermark:
+                self.watermark = wm
+                if wm >= self.next_tick:
+                    self.tick(book)
+
+    def tick(self, book: AnomalyBook) -> None:
+        raise NotImplementedError
+
+
+class SpanDetectors(EventTimeStream):
+    """fanout, loop and cost_spike over the agent_spans stream of one shard."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
         self.traces: dict[str, TraceState] = {}
         self.trace_baselines = BaselineBook(**config.baseline_options())
         self.cost_baselines = BaselineBook(**config.baseline_options())
@@ -196,16 +218,7 @@ class SpanDetectors:
     def process(self, rows: list[SpanRow], book: AnomalyBook) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
-            self.rows += 1
-            book.current_row = (row.trace, row.span, row.ts, row.ingested_us)
-            ts = row.ts
-            if ts > self.max_ts:
-                self.max_ts = ts
-                wm = ts - lateness
-                if wm > self.watermark:
-                    self.watermark = wm
-                    if wm >= self.next_tick:
-                        self.tick(book)
+            self.advance(row, book, lateness)
             trace = self._observe_trace(row, book)
             if row.cost > 0:
                 self._observe_cost(row, trace, book)
@@ -685,17 +698,13 @@ class CredentialState:
         self.flagged: set[int] = set()  # window ends (minute index) found anomalous
 
 
-class CredentialDetectors:
+class CredentialDetectors(EventTimeStream):
     """cross_tenant and credential_fanout over the credential_events stream of one shard."""
 
     MAX_KNOWN = 5_000
 
     def __init__(self, config: DetectorConfig) -> None:
-        self.max_ts = 0
-        self.watermark = -(1 << 62)
-        self.next_tick = -(1 << 62)
-        self.rows = 0
-        self.late_rows = 0
+        super().__init__()
         self.cases: dict[tuple[str, str], CrossTenantCase] = {}
         self.credentials: dict[str, CredentialState] = {}
         self.baselines = BaselineBook(**config.baseline_options())
@@ -710,15 +719,7 @@ class CredentialDetectors:
     def process(self, rows: list[CredentialRow], book: AnomalyBook) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
-            self.rows += 1
-            book.current_row = (row.trace, row.span, row.ts, row.ingested_us)
-            if row.ts > self.max_ts:
-                self.max_ts = row.ts
-                wm = row.ts - lateness
-                if wm > self.watermark:
-                    self.watermark = wm
-                    if wm >= self.next_tick:
-                        self.tick(book)
+            self.advance(row, book, lateness)
             if row.event != "use":
                 continue
             if row.mine_actor:

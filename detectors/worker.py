@@ -56,6 +56,7 @@ DETECTOR = "worker"
 STATE_VERSION = 1
 TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 ARGS_PREVIEW_CHARS = 300
+CREDENTIAL_OWNER = "if(CredentialTenant != '', CredentialTenant, Tenant)"  # credential_fanout's tenant
 
 
 def _utc_ns(ns: int) -> str:
@@ -333,8 +334,8 @@ class DetectorWorker:
         if table == "agent_spans":
             return self._shard_filter("Tenant")
         k, n = self.shard
-        owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
-        return "" if n == 1 else f" AND (cityHash64(Tenant) % {n} = {k} OR cityHash64({owner}) % {n} = {k})"
+        return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "
+                                  f"OR cityHash64({CREDENTIAL_OWNER}) % {n} = {k})")
 
     def _group_counts(self, client: Client, table: str, position: int) -> dict[int, int]:
         """IngestedAt (µs) -> rows, for the groups in the late-commit window before `position`."""
@@ -446,9 +447,8 @@ class DetectorWorker:
         if groups == []:
             return [], position
         k, n = self.shard
-        owner = "if(CredentialTenant != '', CredentialTenant, Tenant)"
         shard = self._table_shard("credential_events")
-        mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({owner}) % {n} = {k}"
+        mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}"
         params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows)),
                   "groups": groups or []}
         where = self._batch("credential_events", shard) if groups is None else self._groups_where(groups) + shard
