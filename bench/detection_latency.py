@@ -173,7 +173,7 @@ def main() -> None:
         "incidents": len(result.incidents), "alerted": sum(1 for v in by_incident.values() if v),
         "by_incident": by_incident,
         **{key: percentiles(values) for key, values in measures.items()},
-        "worker": {k: worker.stats[k] for k in ("batches", "rows", "late_rows", "errors")},
+        "worker": {k: worker.stats[k] for k in ("batches", "rows", "errors")},
     }, indent=2))
 
 

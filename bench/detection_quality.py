@@ -65,7 +65,7 @@ def drive_fleet(dsn: str, database: str, *, seed: int, start_ns: int, duration_s
 
 def detect(dsn: str, database: str, batch_rows: int) -> dict:
     client = store.connect(dsn, database)
-    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env(safety_lag_s=0))
+    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env())
     began = time.perf_counter()
     while worker.run_once(batch_rows):
         pass

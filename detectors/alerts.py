@@ -65,8 +65,8 @@ from agentwatch.detectors.sinks import (
     Sink,
     SlackSink,
     WebhookSink,
-    rank,
 )
+from agentwatch.schemas.vocabulary import severity_rank
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class Tracked:
             return "new"
         if self.resolved:
             return None if self.sent_resolved else "resolved"
-        if rank(self.severity) > rank(self.sent_severity):
+        if severity_rank(self.severity) > severity_rank(self.sent_severity):
             return "escalated"
         return None
 
@@ -461,7 +461,7 @@ class AlertDispatcher:
                     tracked.suppressed = True
             elif status == "resolved":
                 tracked.resolved = True
-            elif rank(severity) > rank(tracked.severity):
+            elif severity_rank(severity) > severity_rank(tracked.severity):
                 tracked.severity = severity
             if (tracked.severity, tracked.resolved, tracked.suppressed) != before or not tracked.touched:
                 tracked.touched = now
@@ -595,7 +595,7 @@ class AlertDispatcher:
             members = [records[aid] for aid in planned.ids if aid in records]
             if not members:
                 continue
-            members.sort(key=lambda a: (-rank(a.severity), a.detected_at, a.anomaly_id))
+            members.sort(key=lambda a: (-severity_rank(a.severity), a.detected_at, a.anomaly_id))
             note = Notification(planned.event, members, grouped=planned.grouped)
             for a in members:
                 for sink_key in self._skip.pop((a.anomaly_id, planned.event), ()):
@@ -689,7 +689,7 @@ class AlertDispatcher:
     def _mark_sent(self, state: State, tracked: Tracked, aid: str, event: str, record: Anomaly | None,
                    group: str) -> None:
         seen = tracked.severity
-        if record is not None and record.status == "open" and rank(record.severity) > rank(seen):
+        if record is not None and record.status == "open" and severity_rank(record.severity) > severity_rank(seen):
             seen = record.severity
         if event == "new":
             tracked.sent_new = True

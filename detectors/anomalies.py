@@ -25,14 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentwatch.schemas.vocabulary import UNRESOLVED_STATUSES, max_severity
+
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS
-
-KINDS = ("fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop")
-SEVERITIES = ("info", "warning", "critical")
-_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 COLUMNS = ["AnomalyId", "DetectedAt", "Kind", "Severity", "Tenant", "AgentId", "TraceId", "Score", "Summary",
            "Evidence", "Status", "FirstSeen", "LastSeen"]
@@ -42,10 +40,6 @@ def anomaly_id(kind: str, tenant: str, subject: str, episode_start_ns: int) -> s
     """The contract's deterministic id: sha1 of kind|tenant|subject|episode start minute, 32 hex chars."""
     minute = episode_start_ns // MINUTE_NS
     return hashlib.sha1(f"{kind}|{tenant}|{subject}|{minute}".encode()).hexdigest()[:32]
-
-
-def max_severity(a: str, b: str) -> str:
-    return a if _SEVERITY_RANK.get(a, 0) >= _SEVERITY_RANK.get(b, 0) else b
 
 
 @dataclass
@@ -187,7 +181,7 @@ def write(client, book: AnomalyBook, changed: list[Anomaly], *, min_score_step: 
             if status != ours and status != a.status:
                 if status == "acknowledged" and a.status == "open":
                     a.status = "acknowledged"
-                elif status == "resolved" and a.status in ("open", "acknowledged"):
+                elif status == "resolved" and a.status in UNRESOLVED_STATUSES:
                     book.close(a)  # a person (or an earlier run) closed it: leave it closed
                     a.status = "resolved"
                     a.written = (a.status, a.severity, a.score, a.last_seen_ns)

@@ -20,8 +20,7 @@ ENV_PREFIX = "AGENTWATCH_DETECT_"
 @dataclass
 class DetectorConfig:
     # --- tailing and checkpoints -----------------------------------------------------------------
-    safety_lag_s: float = 0.2  # read rows ingested up to now64() minus this (most inserts have committed)
-    late_commit_window_s: float = 30.0  # inserts that commit up to this late are still picked up, once
+    audit_interval_s: float = 60.0  # how often run_forever counts rows stored vs processed (0: never)
     batch_rows: int = 50_000  # rows per table per batch in run_forever
     checkpoint_interval_s: float = 5.0  # run_forever checkpoints at most this often (a crash replays the rest)
     start_at_latest: bool = False  # a worker with no checkpoint starts at the end of the tables, not the start

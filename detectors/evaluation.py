@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-KINDS = ("fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop")
+from agentwatch.schemas.vocabulary import ANOMALY_KINDS, CREDENTIAL_KINDS
 
 
 @dataclass
@@ -101,7 +101,7 @@ def load_labels(client, run_id: str | None = None) -> list[Label]:
 def matches(a: Row, label: Label) -> bool:
     if a.kind != label.kind or a.tenant != label.tenant:
         return False
-    if label.credential_id and a.kind in ("cross_tenant", "credential_fanout"):
+    if label.credential_id and a.kind in CREDENTIAL_KINDS:
         return a.credential_id == label.credential_id
     if label.trace_id:
         return label.trace_id in a.traces()
@@ -117,12 +117,18 @@ def explained_by(a: Row, labels: list[Label]) -> Label | None:
     return None
 
 
+def scored_kinds(anomalies: list[Row], labels: list[Label]) -> list[str]:
+    """The kinds with an incident or an anomaly, in the vocabulary's order (a kind it lacks goes last)."""
+    present = {x.kind for x in labels} | {a.kind for a in anomalies}
+    return [k for k in ANOMALY_KINDS if k in present] + sorted(present - set(ANOMALY_KINDS))
+
+
 def score(anomalies: list[Row], labels: list[Label]) -> Report:
     report = Report()
     for label in labels:
         report.matches[label.incident_id or f"{label.kind}:{label.tenant}"] = [
             a.anomaly_id for a in anomalies if matches(a, label)]
-    for kind in KINDS:
+    for kind in scored_kinds(anomalies, labels):
         kind_labels = [x for x in labels if x.kind == kind]
         kind_anomalies = [a for a in anomalies if a.kind == kind]
         detected = [x for x in kind_labels if any(matches(a, x) for a in kind_anomalies)]

@@ -33,14 +33,24 @@ class DetectionCollector:
     def _worker_metrics(worker: DetectorWorker) -> Iterator[Metric]:
         status = worker.status()
         shard = [status["shard"]]
-        rows = CounterMetricFamily("agentwatch_detector_rows", "Rows the detectors processed",
+        rows = CounterMetricFamily("agentwatch_detector_rows", "Rows the detectors processed since this start",
                                    labels=["shard", "table"])
         rows.add_metric(shard + ["agent_spans"], status["span_rows"])
         rows.add_metric(shard + ["credential_events"], status["credential_rows"])
         yield rows
+        # the audit: rows processed ever (checkpointed) against rows stored up to the worker's position,
+        # equal unless a row was skipped or read twice; and rows stored after it, still to read
         for name, key, text in (
-                ("agentwatch_detector_late_rows", "late_rows", "Rows of inserts that committed after a later one "
-                                                               "was read (processed once, late)"),
+                ("agentwatch_detector_rows_processed", "processed", "Rows processed, ever (from the checkpoint)"),
+                ("agentwatch_detector_rows_stored", "stored", "Rows stored up to the worker's position (audit)"),
+                ("agentwatch_detector_rows_pending", "pending", "Rows stored after the worker's position (audit)")):
+            family = GaugeMetricFamily(name, text, labels=["shard", "table"])
+            for table, value in sorted(status.get(key, {}).items()):
+                family.add_metric(shard + [table], value)
+            yield family
+        for name, key, text in (
+                ("agentwatch_detector_merge_retries", "merge_retries", "Reads done again because a part was "
+                                                                       "merged while it was read"),
                 ("agentwatch_detector_batches", "batches", "Batches processed"),
                 ("agentwatch_detector_errors", "errors", "Batches that failed (resumed from the checkpoint)"),
                 ("agentwatch_detector_anomaly_versions_written", "anomalies_written", "Anomaly row versions written"),

@@ -54,6 +54,12 @@ class SpanRow(NamedTuple):
     args_hash: int  # cityHash64 of gen_ai.tool.call.arguments; 0: not a tool call or no arguments recorded
     args_bytes: int
     args_sample: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    duration: int = 0  # ns
+    error: bool = False
 
 
 class CredentialRow(NamedTuple):
@@ -71,6 +77,7 @@ class CredentialRow(NamedTuple):
     action: str
     mine_actor: bool  # this shard owns the actor's tenant (cross_tenant)
     mine_owner: bool  # this shard owns the credential's tenant (credential_fanout)
+    parent: str = ""  # the parent of the span the use happened on (read when the use names no agent)
 
 
 def _severity(config: DetectorConfig, score: float, hard: bool) -> str:
@@ -716,7 +723,7 @@ class CredentialDetectors(EventTimeStream):
         c = self.config = config
         self.agent_limits = c.limits(c.credential_min_agents, c.credential_min_history, c.credential_max_agents)
 
-    def process(self, rows: list[CredentialRow], book: AnomalyBook) -> None:
+    def process(self, rows: list[CredentialRow], book: AnomalyBook, spans: SpanDetectors | None = None) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
             self.advance(row, book, lateness)

@@ -22,16 +22,13 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from agentwatch.schemas.vocabulary import describe_kind, severity_rank
+
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
-SEVERITY_RANK = {"": -1, "info": 0, "warning": 1, "critical": 2}
 EVENTS = ("new", "escalated", "resolved")
-# PagerDuty's severities are critical / error / warning / info.
+# PagerDuty's severities are critical / error / warning / info; one for each of ours (an unknown one: error).
 PAGERDUTY_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
 REDACTED = "***"
-
-
-def rank(severity: str) -> int:
-    return SEVERITY_RANK.get(severity, 1)  # an unknown severity counts as a warning
 
 
 def iso(moment: datetime) -> str:
@@ -237,8 +234,9 @@ class SlackSink(Sink):
         title = f"{label} {a.kind} · tenant {a.tenant}"
         url = a.url(dashboard_url)
         text = f"{icon} {title}: {a.summary}"
+        about = describe_kind(a.kind)
         fields = [
-            ("Severity", a.severity.upper()), ("Kind", f"`{a.kind}`"),
+            ("Severity", a.severity.upper()), ("Kind", f"`{a.kind}`" + (f": {about}" if about else "")),
             ("Tenant", _slack_escape(a.tenant)), ("Agent", f"`{_slack_escape(a.agent)}`" if a.agent else "—"),
             ("Score", f"{a.score:.3g}"),
             ("Trace", f"<{url}|{a.trace_id}>" if a.trace_id else "—"),
@@ -263,7 +261,8 @@ class SlackSink(Sink):
         by_severity = {}
         for a in members:
             by_severity[a.severity] = by_severity.get(a.severity, 0) + 1
-        counts = ", ".join(f"{n} {sev}" for sev, n in sorted(by_severity.items(), key=lambda kv: -rank(kv[0])))
+        ranked = sorted(by_severity.items(), key=lambda kv: -severity_rank(kv[0]))
+        counts = ", ".join(f"{n} {sev}" for sev, n in ranked)
         agents = len({a.agent for a in members})
         lines, used = [], 0
         for a in members[:SLACK_LIST_ITEMS]:

@@ -1,18 +1,20 @@
 """The streaming detector worker (`agentwatch detect`, and a thread of `agentwatch up`).
 
-It tails `agent_spans` and `credential_events` by IngestedAt, runs the detectors
-of `agentwatch.detectors.rules` over the new rows and writes `anomalies`:
+It tails `agent_spans` and `credential_events` in commit order (block numbers,
+see `agentwatch.detectors.tailing`), runs the detectors of
+`agentwatch.detectors.rules` over the new rows and writes `anomalies`:
 
     worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env(), shard=(0, 1))
     worker.run_forever(stop_event)          # or: while worker.run_once(): ...
 
 One batch (`run_once`):
 
-1. read the rows ingested after this shard's position, up to now64() minus a
-   safety lag (an insert still committing must not be skipped), whole
-   IngestedAt groups, at least `max_rows` rows when there are that many, in
-   (IngestedAt, Timestamp, TraceId, SpanId) order; for the tool spans among
-   them, a hash of their arguments from otel_traces;
+1. read the rows committed after this shard's position: whole blocks (inserts),
+   at least `max_rows` rows when there are that many, in (block, Timestamp,
+   TraceId, SpanId) order; no row is skipped or read twice, however late an
+   insert commits; for the tool spans among them, a hash of their arguments
+   from otel_traces; for the credential uses, the parent of the span they
+   happened on (to find their agent when the span carries none);
 2. process them one by one (deterministic: see rules.py);
 3. write a row version for every anomaly that changed materially;
 4. checkpoint: positions and the pickled model state in `detector_state`
@@ -46,17 +48,23 @@ from clickhouse_connect.driver.client import Client
 from agentwatch.detectors import anomalies as anomaly_store
 from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.config import DetectorConfig
-from agentwatch.detectors.rules import CredentialDetectors, CredentialRow, SpanDetectors, SpanRow
+from agentwatch.detectors.rules import SPAN_KINDS, CredentialDetectors, CredentialRow, SpanDetectors, SpanRow
+from agentwatch.detectors.tailing import Batch, Tail
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
 
 DETECTOR = "worker"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: positions are block numbers (1: IngestedAt stamps)
+TABLES = ("agent_spans", "credential_events")
 TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 ARGS_PREVIEW_CHARS = 300
 CREDENTIAL_OWNER = "if(CredentialTenant != '', CredentialTenant, Tenant)"  # credential_fanout's tenant
+# SpanRow's columns in order, less the three tool-argument fields (read from otel_traces, inserted after CostUSD)
+SPAN_COLUMNS = ("toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, ParentSpanId, "
+                "Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0), InputTokens, "
+                "OutputTokens, CachedInputTokens, ReasoningTokens, Duration, StatusCode = 'Error'")
 
 
 def _utc_ns(ns: int) -> str:
@@ -79,14 +87,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 class WorkerState:
-    """Everything a worker checkpoints: positions per table and the detectors' state."""
+    """Everything a worker checkpoints: positions per table, rows processed, the detectors' state."""
 
     def __init__(self, config: DetectorConfig) -> None:
         self.version = STATE_VERSION
-        self.positions = {"agent_spans": 0, "credential_events": 0}  # IngestedAt, microseconds
-        # per table, IngestedAt (µs) -> rows processed, for the groups within `late_commit_window_s` of the
-        # position: a group that turns up there unseen was committed late and is processed then
-        self.recent_groups: dict[str, dict[int, int]] = {"agent_spans": {}, "credential_events": {}}
+        self.positions = {table: 0 for table in TABLES}  # the last block number read
+        self.processed = {table: 0 for table in TABLES}  # rows read, ever (equals the rows up to the position)
         self.spans = SpanDetectors(config)
         self.credentials = CredentialDetectors(config)
         self.book = AnomalyBook()
@@ -112,13 +118,16 @@ class DetectorWorker:
         self.config = config or DetectorConfig.from_env()
         self.shard = (int(k), int(n))
         self.shard_name = f"{k}/{n}"
+        self.tails = {table: Tail(table) for table in TABLES}
         self._client: Client | None = None
         self._state: WorkerState | None = None
         self._pending = False  # batches processed since the last checkpoint
+        self._audited = 0.0
         self.stats = {"batches": 0, "rows": 0, "span_rows": 0, "credential_rows": 0, "anomalies_written": 0,
                       "last_batch_rows": 0, "last_batch_written": 0, "last_batch_s": 0.0, "checkpoints": 0,
-                      "restores": 0, "errors": 0, "late_rows": 0, "late_collisions": 0,
-                      "caught_up": False, "last_ingested_us": 0}
+                      "restores": 0, "errors": 0, "caught_up": False, "last_ingested_us": 0,
+                      # the audit (every audit_interval_s): rows stored up to the position vs rows processed
+                      "stored": {}, "processed": {}, "pending": {}}
 
     # --- public ------------------------------------------------------------------------------------------
 
@@ -140,31 +149,28 @@ class DetectorWorker:
             self._pending = False
         state = self._state if self._state is not None else self.restore()
         self._state = None  # until this batch is done, the checkpoint (or the last good state) is the truth
-        late_spans = self._read_spans(client, state.positions["agent_spans"], max_rows,
-                                      self._late_groups(client, "agent_spans", state))[0]
-        late_credentials = self._read_credentials(client, state.positions["credential_events"], max_rows,
-                                                  self._late_groups(client, "credential_events", state))[0]
         span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
         credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
                                                                 max_rows)
-        span_rows = late_spans + span_rows
-        credential_rows = late_credentials + credential_rows
         rows = len(span_rows) + len(credential_rows)
+        moved = (span_to, credential_to) != (state.positions["agent_spans"], state.positions["credential_events"])
         self.stats["caught_up"] = rows == 0
         if rows == 0:
+            if moved:  # blocks of other shards only: move past them (checkpointed with the next batch)
+                state.positions.update(agent_spans=span_to, credential_events=credential_to)
+                self._pending = True
             self._state = state
             return 0
-        self.stats["last_ingested_us"] = max(self.stats["last_ingested_us"], span_to, credential_to)
+        self.stats["last_ingested_us"] = max([self.stats["last_ingested_us"]]
+                                             + [r.ingested_us for r in span_rows[-1:] + credential_rows[-1:]])
         state.spans.process(span_rows, state.book)
-        state.credentials.process(credential_rows, state.book)
-        state.positions["agent_spans"] = max(state.positions["agent_spans"], span_to)
-        state.positions["credential_events"] = max(state.positions["credential_events"], credential_to)
-        self._remember_groups(state, "agent_spans", span_rows)
-        self._remember_groups(state, "credential_events", credential_rows)
-        self.stats["late_rows"] += len(late_spans) + len(late_credentials)
+        state.credentials.process(credential_rows, state.book, state.spans)
+        state.positions.update(agent_spans=span_to, credential_events=credential_to)
+        state.processed["agent_spans"] += len(span_rows)
+        state.processed["credential_events"] += len(credential_rows)
         changed = state.book.take_dirty()
         for a in changed:
-            detectors = state.spans if a.kind in ("fanout", "cost_spike", "loop") else state.credentials
+            detectors = state.spans if a.kind in SPAN_KINDS else state.credentials
             a.summary, a.evidence = detectors.render(a)
             if a.raised_by is not None:  # the span whose arrival raised it: where to start reading the trace
                 trace_id, span_id, at_ns, ingested_us = a.raised_by
@@ -193,7 +199,8 @@ class DetectorWorker:
     def run_forever(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         """Run batches until `stop` is set; wait `poll_s` when caught up; back off on errors.
 
-        Checkpoints every `checkpoint_interval_s` (and on a full batch, and when stopping).
+        Checkpoints every `checkpoint_interval_s` (and on a full batch, and when stopping); audits
+        (rows stored vs processed) every `audit_interval_s`.
         """
         backoff = poll_s
         last_checkpoint = time.monotonic()
@@ -205,6 +212,9 @@ class DetectorWorker:
                     self.flush_checkpoint()
                 if not self._pending:
                     last_checkpoint = time.monotonic()
+                if self.config.audit_interval_s > 0 and \
+                        time.monotonic() - self._audited >= self.config.audit_interval_s:
+                    self.audit()
                 backoff = poll_s
             except Exception:
                 self.stats["errors"] += 1
@@ -228,38 +238,48 @@ class DetectorWorker:
 
     def _checkpoint(self, state: WorkerState) -> None:
         try:
-            self.save_checkpoint(json.dumps({**state.positions, "version": STATE_VERSION}), state.encode())
+            self.save_checkpoint(json.dumps({**state.positions, "processed": state.processed,
+                                             "version": STATE_VERSION}), state.encode())
         except BaseException:
             self._state = None  # the checkpoint is the truth: the next batch restores it
             raise
         self._pending = False
         self.stats["checkpoints"] += 1
 
-    def catch_up(self, max_rows: int = 50_000, timeout_s: float = 120.0) -> int:
-        """Process every row ingested before this call (waiting out the safety lag); returns rows processed.
+    def audit(self) -> dict[str, dict[str, int]]:
+        """Per table: rows stored up to the position, rows processed (equal unless a row was skipped or read
+        twice), rows stored after it (still to read). Kept in `stats` for /metrics."""
+        self._audited = time.monotonic()
+        state = self._state if self._state is not None else self.restore()
+        self._state = state
+        out = {}
+        for table in TABLES:
+            stored, pending = self.client.query(
+                f"SELECT countIf(_block_number <= {{pos:UInt64}}), countIf(_block_number > {{pos:UInt64}}) "
+                f"FROM {table} WHERE 1{self._table_shard(table)}",
+                parameters={"pos": state.positions[table]}).result_rows[0]
+            out[table] = {"stored": int(stored), "processed": state.processed[table], "pending": int(pending)}
+            self.stats["stored"][table] = int(stored)
+            self.stats["processed"][table] = state.processed[table]
+            self.stats["pending"][table] = int(pending)
+            if int(stored) != state.processed[table]:
+                log.warning("detector %s: %s holds %d rows up to block %d, %d were processed", self.shard_name,
+                            table, stored, state.positions[table], state.processed[table])
+        return out
 
-        For tests, benchmarks and replays: `run_once` returns 0 while the newest rows are still
-        younger than the safety lag, which is not the same as having processed them.
-        """
-        targets = {"agent_spans": self._max_ingested("agent_spans"),
-                   "credential_events": self._max_ingested("credential_events")}
+    def catch_up(self, max_rows: int = 50_000, timeout_s: float = 120.0) -> int:
+        """Process every row committed before this call; returns rows processed (tests, benchmarks, replays)."""
+        targets = {table: self.tails[table].candidate_parts(self.client, 0)[1] for table in TABLES}
         deadline = time.monotonic() + timeout_s
         total = 0
         while True:
-            rows = self.run_once(max_rows)
-            total += rows
+            total += self.run_once(max_rows)
             state = self._state
             if state is not None and all(state.positions[t] >= target for t, target in targets.items()):
+                self.flush_checkpoint()
                 return total
-            if rows == 0:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"detector {self.shard_name}: not caught up after {timeout_s}s")
-                time.sleep(min(0.1, max(self.config.safety_lag_s, 0.01)))
-
-    def _max_ingested(self, table: str) -> int:
-        value = self.client.query(f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table} "
-                                  f"WHERE 1{self._table_shard(table)}").result_rows[0][0]
-        return int(value or 0)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"detector {self.shard_name}: not caught up after {timeout_s}s")
 
     def save_checkpoint(self, position: str, state: str) -> None:
         """Write positions and model state in one detector_state row (the last step of a batch)."""
@@ -279,39 +299,52 @@ class DetectorWorker:
         if saved is None:
             state = WorkerState(self.config)
             if self.config.start_at_latest:
-                for table in state.positions:
-                    state.positions[table] = int(self.client.query(
-                        f"SELECT toUnixTimestamp64Micro(max(IngestedAt)) FROM {table}").result_rows[0][0] or 0)
-                self._mark_groups_seen(state)
+                for table in TABLES:
+                    state.positions[table] = self.tails[table].candidate_parts(self.client, 0)[1]
+                    state.processed[table] = self._stored_through(table, state.positions[table])
             return state
         position, blob = saved
         positions = json.loads(position)
-        fresh = False
+        if positions.get("version") != STATE_VERSION:
+            # an older release's checkpoint: positions were IngestedAt stamps, not block numbers
+            log.warning("detector %s: checkpoint of an older release; resuming after the rows it had read, "
+                        "models start cold", self.shard_name)
+            return self._from_old_checkpoint(positions)
         try:
             state = WorkerState.decode(blob)
-            if getattr(state, "version", None) != STATE_VERSION:
-                raise ValueError(f"state version {getattr(state, 'version', None)}")
-        except Exception as exc:  # an older release's state: keep the positions, learn afresh
+        except Exception as exc:  # noqa: BLE001 - unreadable state: keep the positions, learn afresh
             log.warning("detector %s: model state not readable (%s); keeping positions, models start cold",
                         self.shard_name, exc)
             state = WorkerState(self.config)
-            fresh = True
-        state.positions = {table: int(positions.get(table, 0)) for table in state.positions}
-        if fresh or not hasattr(state, "recent_groups"):
-            self._mark_groups_seen(state)  # a state without them: what the positions passed counts as seen
+            state.positions = {table: int(positions.get(table, 0)) for table in TABLES}
+            state.processed = {table: self._stored_through(table, state.positions[table]) for table in TABLES}
         state.spans.configure(self.config)
         state.credentials.configure(self.config)
         return state
 
+    def _from_old_checkpoint(self, positions: dict) -> WorkerState:
+        state = WorkerState(self.config)
+        for table in TABLES:
+            ingested_us = int(positions.get(table, 0))
+            state.positions[table] = int(self.client.query(
+                f"SELECT max(_block_number) FROM {table} WHERE IngestedAt <= fromUnixTimestamp64Micro({{u:Int64}})",
+                parameters={"u": ingested_us}).result_rows[0][0] or 0)
+            state.processed[table] = self._stored_through(table, state.positions[table])
+        return state
+
+    def _stored_through(self, table: str, position: int) -> int:
+        return int(self.client.query(f"SELECT count() FROM {table} WHERE _block_number <= {{pos:UInt64}}"
+                                     f"{self._table_shard(table)}", parameters={"pos": position}).result_rows[0][0])
+
     def status(self) -> dict:
         """Counters and the event-time watermarks (for logs and /metrics)."""
         state = self._state
-        out = dict(self.stats, shard=self.shard_name)
+        out = dict(self.stats, shard=self.shard_name, merge_retries=sum(t.retries for t in self.tails.values()))
         if state is not None:
             out.update(positions=dict(state.positions), span_watermark_ns=state.spans.watermark,
-                       credential_watermark_ns=state.credentials.watermark, late_span_rows=state.spans.late_rows,
-                       late_credential_rows=state.credentials.late_rows, open_anomalies=len(state.book.open),
-                       active_traces=len(state.spans.traces))
+                       credential_watermark_ns=state.credentials.watermark,
+                       late_span_rows=state.spans.late_rows, late_credential_rows=state.credentials.late_rows,
+                       open_anomalies=len(state.book.open), active_traces=len(state.spans.traces))
         return out
 
     def close(self) -> None:
@@ -337,127 +370,60 @@ class DetectorWorker:
         return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "
                                   f"OR cityHash64({CREDENTIAL_OWNER}) % {n} = {k})")
 
-    def _group_counts(self, client: Client, table: str, position: int) -> dict[int, int]:
-        """IngestedAt (µs) -> rows, for the groups in the late-commit window before `position`."""
-        window_us = int(self.config.late_commit_window_s * 1e6)
-        rows = client.query(
-            f"SELECT toUnixTimestamp64Micro(IngestedAt) AS g, count() FROM {table} "
-            "WHERE IngestedAt > fromUnixTimestamp64Micro({lo:Int64}) AND IngestedAt <= fromUnixTimestamp64Micro("
-            f"{{pos:Int64}}){self._table_shard(table)} GROUP BY g",
-            parameters={"lo": position - window_us, "pos": position}).result_rows
-        return {int(g): int(n) for g, n in rows}
-
-    def _late_groups(self, client: Client, table: str, state: WorkerState) -> list[int]:
-        """Groups (IngestedAt µs) at or before the position that were not there when it passed them.
-
-        IngestedAt is taken when an insert starts; an insert that commits after a later one is
-        already visible (another receiver, a slow store) would be passed over by the position alone.
-        """
-        position = state.positions[table]
-        if position == 0 or self.config.late_commit_window_s <= 0:
-            return []
-        seen = state.recent_groups[table]
-        late = []
-        for group, n in self._group_counts(client, table, position).items():
-            done = seen.get(group)
-            if done is None:
-                late.append(group)
-            elif n > done:  # two inserts with the same microsecond, one late: its rows cannot be told apart
-                self.stats["late_collisions"] += 1
-                seen[group] = n
-                log.warning("detector %s: %d rows of %s committed late into an IngestedAt group already "
-                            "processed; they are not processed", self.shard_name, n - done, table)
-        return sorted(late)
-
-    def _mark_groups_seen(self, state: WorkerState) -> None:
-        state.recent_groups = {table: self._group_counts(self.client, table, position) if position else {}
-                               for table, position in state.positions.items()}
-
-    def _remember_groups(self, state: WorkerState, table: str, rows: list) -> None:
-        seen = state.recent_groups[table]
-        for row in rows:
-            seen[row.ingested_us] = seen.get(row.ingested_us, 0) + 1
-        horizon = state.positions[table] - int(self.config.late_commit_window_s * 1e6)
-        for group in [g for g in seen if g <= horizon]:
-            del seen[group]
-
-    def _batch(self, table: str, where_shard: str) -> str:
-        """WHERE clause of the next batch: IngestedAt after the position, up to a cut of whole groups."""
-        return (f"IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}}) AND IngestedAt <= ("
-                f"SELECT max(IngestedAt) FROM (SELECT IngestedAt FROM {table} "
-                f"WHERE IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}}) "
-                f"AND IngestedAt <= now64(6) - toIntervalMillisecond({{lag:Int64}}){where_shard} "
-                f"ORDER BY IngestedAt LIMIT {{n:UInt64}})){where_shard}")
-
-    def _groups_where(self, groups: list[int]) -> str:
-        """WHERE clause for whole IngestedAt groups (late commits) before the position."""
-        window_us = int(self.config.late_commit_window_s * 1e6)
-        return (f"IngestedAt > fromUnixTimestamp64Micro({min(groups) - 1}) "
-                f"AND IngestedAt <= fromUnixTimestamp64Micro({max(groups)}) "
-                f"AND toUnixTimestamp64Micro(IngestedAt) IN {{groups:Array(Int64)}} "
-                f"AND IngestedAt > fromUnixTimestamp64Micro({{pos:Int64}} - {window_us})")
-
-    def _read_spans(self, client: Client, position: int, max_rows: int, groups: list[int] | None = None
-                    ) -> tuple[list[SpanRow], int]:
-        """The next batch after `position`; or, given `groups`, the rows of those IngestedAt groups."""
-        if groups == []:
-            return [], position
+    def _read_spans(self, client: Client, position: int, max_rows: int) -> tuple[list[SpanRow], int]:
+        """The next batch after block `position`, and the block to resume after."""
         shard = self._shard_filter("Tenant")
-        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows)),
-                  "groups": groups or []}
-        where = self._batch("agent_spans", shard) if groups is None else self._groups_where(groups) + shard
-        rows = client.query(
-            "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, "
-            "ParentSpanId, Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0) "
-            f"FROM agent_spans WHERE {where} "
-            "ORDER BY IngestedAt, Timestamp, TraceId, SpanId", parameters=params).result_rows
-        if not rows:
-            return [], position
-        to = rows[-1][0]
-        arguments = self._tool_arguments(client, rows[0][0] - 1, to, rows, shard)
+        batch = self.tails["agent_spans"].read(
+            client, position, SPAN_COLUMNS, "Timestamp, TraceId, SpanId", max_rows, shard)
+        if not batch.rows:
+            return [], batch.position
+        arguments = self._tool_arguments(client, batch, shard)
         out = []
-        for r in rows:
-            args = arguments.get((r[2], r[3])) if r[8] == "execute_tool" else None
-            if args is None:
-                out.append(SpanRow(*r, 0, 0, ""))
-            else:
-                out.append(SpanRow(*r, *args))
-        return out, to
+        for r in batch.rows:
+            args = arguments.get((r[3], r[4])) if r[9] == "execute_tool" else None
+            out.append(SpanRow(*r[1:13], *(args or (0, 0, "")), *r[13:]))
+        return out, batch.position
 
-    def _tool_arguments(self, client: Client, position: int, to: int, rows: list, shard: str
-                        ) -> dict[tuple[str, str], tuple[int, int, str]]:
+    def _tool_arguments(self, client: Client, batch: Batch, shard: str) -> dict[tuple[str, str], tuple[int, int, str]]:
         """(trace, span) -> (cityHash64, bytes, preview) of gen_ai.tool.call.arguments of the batch's tool spans."""
-        tool_ts = [r[1] for r in rows if r[8] == "execute_tool"]
-        if not tool_ts:
+        tools = [(r[3], r[4]) for r in batch.rows if r[9] == "execute_tool"]
+        if not tools:
             return {}
+        tool_ts = [r[2] for r in batch.rows if r[9] == "execute_tool"]
         result = client.query(
             f"SELECT TraceId, SpanId, cityHash64(a), length(a), substringUTF8(a, 1, {ARGS_PREVIEW_CHARS}) FROM ("
             f"SELECT TraceId, SpanId, SpanAttributes['{TOOL_ARGUMENTS}'] AS a FROM otel_traces "
             "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) "
             "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
-            "AND (TraceId, SpanId) IN (SELECT TraceId, SpanId FROM agent_spans "
-            "WHERE IngestedAt > fromUnixTimestamp64Micro({pos:Int64}) "
-            "AND IngestedAt <= fromUnixTimestamp64Micro({to:Int64}) "
-            f"AND Operation = 'execute_tool'{shard})) WHERE a != ''",
-            parameters={"lo": min(tool_ts), "hi": max(tool_ts), "pos": position, "to": to}).result_rows
+            "AND TraceId IN {traces:Array(String)} AND (TraceId, SpanId) IN {pairs:Array(Tuple(String, String))}"
+            ") WHERE a != ''",
+            parameters={"lo": min(tool_ts), "hi": max(tool_ts), "traces": sorted({t for t, _ in tools}),
+                        "pairs": tools}).result_rows
         return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
 
-    def _read_credentials(self, client: Client, position: int, max_rows: int, groups: list[int] | None = None
-                          ) -> tuple[list[CredentialRow], int]:
-        if groups == []:
-            return [], position
+    def _read_credentials(self, client: Client, position: int, max_rows: int) -> tuple[list[CredentialRow], int]:
         k, n = self.shard
         shard = self._table_shard("credential_events")
         mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}"
-        params = {"pos": position, "lag": int(self.config.safety_lag_s * 1000), "n": max(1, int(max_rows)),
-                  "groups": groups or []}
-        where = self._batch("credential_events", shard) if groups is None else self._groups_where(groups) + shard
+        batch = self.tails["credential_events"].read(
+            client, position, "toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, "
+            f"SpanId, Tenant, AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine}",
+            "Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource", max_rows, shard)
+        if not batch.rows:
+            return [], batch.position
+        parents = self._parents(client, [(r[3], r[4]) for r in batch.rows if not r[6]], [r[2] for r in batch.rows])
+        return [CredentialRow(*r[1:13], bool(r[13]), bool(r[14]), parents.get((r[3], r[4]), ""))
+                for r in batch.rows], batch.position
+
+    def _parents(self, client: Client, spans: list[tuple[str, str]], ts: list[int]) -> dict[tuple[str, str], str]:
+        """(trace, span) -> parent span, for the spans credential uses without an agent happened on."""
+        if not spans:
+            return {}
         rows = client.query(
-            "SELECT toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, Tenant, "
-            f"AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine} "
-            f"FROM credential_events WHERE {where} "
-            "ORDER BY IngestedAt, Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource",
-            parameters=params).result_rows
-        if not rows:
-            return [], position
-        return [CredentialRow(*r[:12], bool(r[12]), bool(r[13])) for r in rows], rows[-1][0]
+            "SELECT TraceId, SpanId, ParentSpanId FROM agent_spans "
+            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) - toIntervalDay(1) "
+            "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
+            "AND TraceId IN {traces:Array(String)} AND (TraceId, SpanId) IN {pairs:Array(Tuple(String, String))}",
+            parameters={"lo": min(ts), "hi": max(ts), "traces": sorted({t for t, _ in spans}),
+                        "pairs": spans}).result_rows
+        return {(r[0], r[1]): r[2] for r in rows}
