@@ -7,10 +7,18 @@ from datetime import datetime, timedelta
 import altair as alt
 import polars as pl
 
-SEVERITY_COLORS = alt.Scale(domain=["critical", "warning", "info"], range=["#d62728", "#ff7f0e", "#1f77b4"])
-OPERATION_COLORS = alt.Scale(
-    domain=["invoke_agent", "chat", "execute_tool", "embeddings", "retrieval", "other"],
-    range=["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#bab0ac"])
+from agentwatch.schemas.vocabulary import INVOKE_AGENT_OPERATION, MODEL_OPERATIONS, SEVERITIES, TOOL_OPERATION
+
+_SEVERITY_COLOR = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#1f77b4"}
+SEVERITY_COLORS = alt.Scale(domain=list(reversed(SEVERITIES)),  # most severe first
+                            range=[_SEVERITY_COLOR.get(s, "#bab0ac") for s in reversed(SEVERITIES)])
+# One colour per operation of the vocabulary (every model operation, not only chat), then the rest.
+_OPERATION_COLOR = {INVOKE_AGENT_OPERATION: "#4c78a8", "chat": "#f58518", "text_completion": "#72b7b2",
+                    "generate_content": "#eeca3b", "embeddings": "#b279a2", TOOL_OPERATION: "#54a24b",
+                    "retrieval": "#9d755d"}
+TIMELINE_OPERATIONS = [INVOKE_AGENT_OPERATION, *MODEL_OPERATIONS, TOOL_OPERATION, "retrieval"]
+OPERATION_COLORS = alt.Scale(domain=[*TIMELINE_OPERATIONS, "other"],
+                             range=[*(_OPERATION_COLOR.get(op, "#ff9da6") for op in TIMELINE_OPERATIONS), "#bab0ac"])
 
 
 def vega(df: pl.DataFrame) -> pl.DataFrame:
@@ -88,7 +96,7 @@ def timeline(bars: pl.DataFrame, binned: bool, start_ns: int, marker_ns: int | N
         pl.from_epoch(pl.col("EndNs"), time_unit="ns").dt.replace_time_zone("UTC").alias("End"),
         ((pl.col("StartNs") - start_ns) / 1e9).round(3).alias("Offset s"),
         ((pl.col("EndNs") - pl.col("StartNs")) / 1e9).round(3).alias("Duration s"),
-        pl.when(pl.col("Operation").is_in(["invoke_agent", "chat", "execute_tool", "embeddings", "retrieval"]))
+        pl.when(pl.col("Operation").is_in(TIMELINE_OPERATIONS))
         .then(pl.col("Operation")).otherwise(pl.lit("other")).alias("Kind"),
     ).drop("StartNs", "EndNs")
     rows = df["Row"].n_unique()

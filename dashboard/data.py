@@ -22,10 +22,18 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pyarrow as pa
 
-MODEL_OPERATIONS = ("chat", "text_completion", "generate_content", "embeddings")
-STATUSES = ("open", "acknowledged", "resolved")
-SEVERITIES = ("critical", "warning", "info")
-KINDS = ("fanout", "cost_spike", "cross_tenant", "credential_fanout", "loop")
+from agentwatch.schemas.vocabulary import (
+    ANOMALY_KINDS,
+    ANOMALY_STATUSES,
+    CREDENTIAL_KINDS,
+    CROSS_TENANT_SQL,
+    CROSS_TENANT_USE_SQL,
+    MODEL_OPERATIONS,
+    UNRESOLVED_STATUSES,
+    severity_rank_sql,
+    sql_list,
+)
+
 GPU_METRICS = ("hw.gpu.utilization", "hw.gpu.memory.usage", "hw.gpu.memory.limit", "hw.power",
                "process.gpu.memory.usage")
 # Rollup choice: minutes up to this range, hours beyond.
@@ -149,7 +157,7 @@ def overview(client, start: datetime, end: datetime, top: int = 10) -> Overview:
         spans_per_minute=per_minute.select("Minute", "SpansPerSecond"),
         cost_per_minute=per_tenant.select("Minute", "Tenant", "CostUSD"),
         top_agents=top_agents,
-        open_anomalies=anomalies(client, statuses=("open", "acknowledged"), limit=50),
+        open_anomalies=anomalies(client, statuses=UNRESOLVED_STATUSES, limit=50),
         bucket_seconds=bucket_seconds,
     )
 
@@ -174,8 +182,7 @@ def anomalies(client, start: datetime | None = None, end: datetime | None = None
     where += _in("Tenant", tenants, "tenants", params) + _in("Status", statuses, "statuses", params)
     return frame(client, f"""
         SELECT {ANOMALY_COLUMNS} FROM anomalies FINAL WHERE {where}
-        ORDER BY Status = 'resolved', indexOf(['critical', 'warning', 'info'], Severity) = 0,
-                 indexOf(['critical', 'warning', 'info'], Severity), DetectedAt DESC
+        ORDER BY Status = 'resolved', {severity_rank_sql()} DESC, DetectedAt DESC
         LIMIT {int(limit)}""", params)
 
 
@@ -186,15 +193,17 @@ def anomaly(client, anomaly_id: str) -> dict | None:
 
 
 def anomaly_facets(client) -> dict[str, list[str]]:
+    """Every kind of the vocabulary (in its order, then any other stored kind) and the tenants with anomalies."""
     row = frame(client, "SELECT groupUniqArray(Kind) AS kinds, groupUniqArray(Tenant) AS tenants "
                         "FROM anomalies").row(0, named=True)
-    return {"kinds": sorted(set(row["kinds"]) | set(KINDS)), "tenants": sorted(row["tenants"])}
+    kinds = list(ANOMALY_KINDS) + sorted(set(row["kinds"]) - set(ANOMALY_KINDS))
+    return {"kinds": kinds, "tenants": sorted(row["tenants"])}
 
 
 def set_anomaly_status(client, anomaly_id: str, status: str) -> None:
     """Write a new version of the anomaly with this Status (UpdatedAt = now64(6)); every other column kept."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}")
+    if status not in ANOMALY_STATUSES:
+        raise ValueError(f"status must be one of {ANOMALY_STATUSES}")
     client.command(
         "INSERT INTO anomalies (AnomalyId, DetectedAt, Kind, Severity, Tenant, AgentId, TraceId, Score, Summary, "
         "Evidence, Status, FirstSeen, LastSeen, UpdatedAt) "
@@ -245,18 +254,16 @@ def anomaly_baseline(client, row: dict) -> Baseline:
               "trace": row.get("TraceId") or ""}
     window = f"Minute >= toStartOfMinute(toDateTime({START})) AND Minute <= toDateTime({END})"
     kind = row.get("Kind")
-    if kind in ("cross_tenant", "credential_fanout"):
+    if kind in CREDENTIAL_KINDS:
         credential = _credential_of(row)
         if not credential and params["trace"]:
             found = frame(client, "SELECT CredentialId FROM credential_events WHERE TraceId = {trace:String} "
-                                  "AND Event = 'use' AND (CredentialTenant != Tenant OR "
-                                  "(ResourceTenant != '' AND ResourceTenant != Tenant)) LIMIT 1", params)
+                                  f"AND {CROSS_TENANT_USE_SQL} LIMIT 1", params)
             credential = found["CredentialId"][0] if len(found) else ""
         params["credential"] = credential
         series = frame(client, f"""
             SELECT toStartOfMinute(Timestamp) AS Time,
-                   if(Tenant != CredentialTenant OR (ResourceTenant != '' AND ResourceTenant != Tenant),
-                      'cross-tenant uses', 'own-tenant uses') AS Series,
+                   if({CROSS_TENANT_SQL}, 'cross-tenant uses', 'own-tenant uses') AS Series,
                    toFloat64(count()) AS Value
             FROM credential_events
             WHERE Timestamp BETWEEN {START} AND {END} AND Event = 'use' AND CredentialId = {{credential:String}}
@@ -288,7 +295,7 @@ def anomaly_baseline(client, row: dict) -> Baseline:
             own = frame(client, f"""
                 SELECT toStartOfMinute(Timestamp) AS Time, 'this trace' AS Series, toFloat64(count()) AS Value
                 FROM agent_spans WHERE TraceId = {{trace:String}} AND Timestamp BETWEEN {START} AND {END}
-                  AND Operation IN {MODEL_OPERATIONS} GROUP BY Time ORDER BY Time""", params)
+                  AND Operation IN {sql_list(MODEL_OPERATIONS)} GROUP BY Time ORDER BY Time""", params)
             series = pl.concat([series, own], how="vertical_relaxed")
         metric, main = f"model calls per minute, tenant {row.get('Tenant')}", "tenant model calls/min"
     series = _fill_minutes(series, start, end)
@@ -390,12 +397,10 @@ def trace_spans(client, trace_id: str) -> pl.DataFrame:
 
 
 def trace_credentials(client, trace_id: str) -> pl.DataFrame:
-    return frame(client, """
+    return frame(client, f"""
         SELECT toUnixTimestamp64Nano(Timestamp) AS TimeNs, Timestamp, SpanId, Tenant, AgentId, Event, CredentialId,
-               CredentialTenant, Scope, Resource, ResourceTenant, Action,
-               Event = 'use' AND (Tenant != CredentialTenant OR (ResourceTenant != '' AND ResourceTenant != Tenant))
-                   AS CrossTenant
-        FROM credential_events WHERE TraceId = {t:String} ORDER BY Timestamp""", {"t": trace_id}).with_columns(
+               CredentialTenant, Scope, Resource, ResourceTenant, Action, {CROSS_TENANT_USE_SQL} AS CrossTenant
+        FROM credential_events WHERE TraceId = {{t:String}} ORDER BY Timestamp""", {"t": trace_id}).with_columns(
         pl.col("CrossTenant").cast(pl.Boolean))
 
 
@@ -542,8 +547,7 @@ TOKEN_KINDS = {"InputTokens": "input (uncached)", "CachedInputTokens": "cached i
 
 
 # --- credentials ----------------------------------------------------------------------------
-
-_CROSS = "(Event = 'use' AND (Tenant != CredentialTenant OR (ResourceTenant != '' AND ResourceTenant != Tenant)))"
+# Cross-tenant uses are counted by the vocabulary's rule (CROSS_TENANT_USE_SQL), as the detector counts them.
 
 
 def credentials(client, start: datetime, end: datetime, tenant: str = "") -> pl.DataFrame:
@@ -554,7 +558,7 @@ def credentials(client, start: datetime, end: datetime, tenant: str = "") -> pl.
     return frame(client, f"""
         SELECT CredentialId, anyIf(CredentialTenant, CredentialTenant != '') AS Owner,
                countIf(Event = 'grant') AS Grants, countIf(Event = 'use') AS Uses,
-               countIf(Event = 'revoke') AS Revokes, countIf({_CROSS}) AS CrossTenantUses,
+               countIf(Event = 'revoke') AS Revokes, countIf({CROSS_TENANT_USE_SQL}) AS CrossTenantUses,
                uniqExact(AgentId) AS Agents, groupUniqArray(toString(Tenant)) AS Tenants,
                min(Timestamp) AS First, max(Timestamp) AS Last
         FROM credential_events WHERE {where}
@@ -565,7 +569,7 @@ def credential_trail(client, credential_id: str, start: datetime, end: datetime,
     params = {**_range(start, end), "c": credential_id}
     return frame(client, f"""
         SELECT Timestamp, Event, Tenant, AgentId, CredentialTenant, Scope, Resource, ResourceTenant, Action,
-               TraceId, SpanId, {_CROSS} AS CrossTenant
+               TraceId, SpanId, {CROSS_TENANT_USE_SQL} AS CrossTenant
         FROM credential_events
         WHERE CredentialId = {{c:String}} AND Timestamp BETWEEN {START} AND {END}
         ORDER BY Timestamp LIMIT {int(limit)}""", params).with_columns(pl.col("CrossTenant").cast(pl.Boolean))
@@ -574,7 +578,8 @@ def credential_trail(client, credential_id: str, start: datetime, end: datetime,
 def credential_uses_per_minute(client, start: datetime, end: datetime, credential_ids: Sequence[str]) -> pl.DataFrame:
     params = {**_range(start, end), "ids": list(credential_ids)}
     return frame(client, f"""
-        SELECT toStartOfMinute(Timestamp) AS Minute, CredentialId, {_CROSS} AS CrossTenant, count() AS Uses
+        SELECT toStartOfMinute(Timestamp) AS Minute, CredentialId, {CROSS_TENANT_USE_SQL} AS CrossTenant,
+               count() AS Uses
         FROM credential_events
         WHERE Timestamp BETWEEN {START} AND {END} AND Event = 'use' AND CredentialId IN {{ids:Array(String)}}
         GROUP BY Minute, CredentialId, CrossTenant ORDER BY Minute""", params).with_columns(
@@ -586,7 +591,7 @@ def cross_tenant_uses(client, start: datetime, end: datetime, limit: int = 500) 
     return frame(client, f"""
         SELECT Timestamp, CredentialId, CredentialTenant, Tenant, AgentId, Resource, ResourceTenant, Action,
                TraceId, SpanId
-        FROM credential_events WHERE Timestamp BETWEEN {START} AND {END} AND {_CROSS}
+        FROM credential_events WHERE Timestamp BETWEEN {START} AND {END} AND {CROSS_TENANT_USE_SQL}
         ORDER BY Timestamp DESC LIMIT {int(limit)}""", params)
 
 

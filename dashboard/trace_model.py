@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from agentwatch.dashboard import data
-
-MODEL_OPS = set(data.MODEL_OPERATIONS)
+from agentwatch.schemas.vocabulary import INVOKE_AGENT_OPERATION, MODEL_OPERATIONS, TOOL_OPERATION
 
 # Which payloads belong to the start of a span and which to its end.
 START_KEYS = ("gen_ai.system_instructions", "gen_ai.input.messages", "gen_ai.tool.call.arguments",
@@ -106,8 +105,8 @@ class Trace:
             "duration_s": (self.end_ns - self.start_ns) / 1e9,
             "spans": len(s),
             "agents": s.filter(pl.col("AgentId") != "")["AgentId"].n_unique(),
-            "model_calls": int(s["Operation"].is_in(list(MODEL_OPS)).sum()),
-            "tool_calls": int((s["Operation"] == "execute_tool").sum()),
+            "model_calls": int(s["Operation"].is_in(list(MODEL_OPERATIONS)).sum()),
+            "tool_calls": int((s["Operation"] == TOOL_OPERATION).sum()),
             "errors": int((s["StatusCode"] == "Error").sum()),
             "cost_usd": float(s["CostUSD"].fill_null(0).sum()),
             "input_tokens": int(s["InputTokens"].sum()),
@@ -164,7 +163,7 @@ class Trace:
         s = self.spans
         if s.is_empty():
             return pl.DataFrame()
-        agent_spans = s.filter(pl.col("Operation") == "invoke_agent")
+        agent_spans = s.filter(pl.col("Operation") == INVOKE_AGENT_OPERATION)
         agent_of_span = {}
         parent = dict(zip(s["SpanId"].to_list(), s["ParentSpanId"].to_list()))
         is_agent = set(agent_spans["SpanId"].to_list())
@@ -186,10 +185,10 @@ class Trace:
         owners = [owner(x) for x in s["SpanId"].to_list()]
         s = s.with_columns(pl.Series("Invocation", owners))
         parent_agent = {sid: owner(parent.get(sid, "")) for sid in is_agent}
-        totals = (s.filter(pl.col("Operation") != "invoke_agent").group_by("Invocation").agg(
+        totals = (s.filter(pl.col("Operation") != INVOKE_AGENT_OPERATION).group_by("Invocation").agg(
             pl.len().alias("Spans"),
-            pl.col("Operation").is_in(list(MODEL_OPS)).sum().alias("ModelCalls"),
-            (pl.col("Operation") == "execute_tool").sum().alias("ToolCalls"),
+            pl.col("Operation").is_in(list(MODEL_OPERATIONS)).sum().alias("ModelCalls"),
+            (pl.col("Operation") == TOOL_OPERATION).sum().alias("ToolCalls"),
             pl.col("CostUSD").fill_null(0).sum().alias("CostUSD"),
             (pl.col("InputTokens") + pl.col("OutputTokens")).sum().alias("Tokens"),
             pl.col("ReasoningTokens").sum().alias("ReasoningTokens"),
@@ -234,13 +233,13 @@ class Trace:
         if s.is_empty():
             return pl.DataFrame()
         op = pl.col("Operation")
-        start_kind = (pl.when(op == "invoke_agent").then(pl.lit("agent_start"))
-                      .when(op.is_in(list(MODEL_OPS))).then(pl.lit("prompt"))
-                      .when(op == "execute_tool").then(pl.lit("tool_call"))
+        start_kind = (pl.when(op == INVOKE_AGENT_OPERATION).then(pl.lit("agent_start"))
+                      .when(op.is_in(list(MODEL_OPERATIONS))).then(pl.lit("prompt"))
+                      .when(op == TOOL_OPERATION).then(pl.lit("tool_call"))
                       .otherwise(pl.lit("span_start")))
-        end_kind = (pl.when(op == "invoke_agent").then(pl.lit("agent_end"))
-                    .when(op.is_in(list(MODEL_OPS))).then(pl.lit("answer"))
-                    .when(op == "execute_tool").then(pl.lit("tool_result"))
+        end_kind = (pl.when(op == INVOKE_AGENT_OPERATION).then(pl.lit("agent_end"))
+                    .when(op.is_in(list(MODEL_OPERATIONS))).then(pl.lit("answer"))
+                    .when(op == TOOL_OPERATION).then(pl.lit("tool_result"))
                     .otherwise(pl.lit("span_end")))
         base = ["SpanId", "AgentId", "AgentName", "Operation", "SpanName", "Depth"]
         tool_args = pl.col("Attributes").map.get("gen_ai.tool.call.arguments").fill_null("")
@@ -409,8 +408,8 @@ class Trace:
                 pl.col("SpanName").alias("Label"), pl.col("SpanId")]
         if len(s) <= max_bars:
             return s.select(*cols, pl.lit(1).alias("Count")), False
-        agents = s.filter(pl.col("Operation") == "invoke_agent").select(*cols, pl.lit(1).alias("Count"))
-        rest = s.filter(pl.col("Operation") != "invoke_agent")
+        agents = s.filter(pl.col("Operation") == INVOKE_AGENT_OPERATION).select(*cols, pl.lit(1).alias("Count"))
+        rest = s.filter(pl.col("Operation") != INVOKE_AGENT_OPERATION)
         width = max(1, (self.end_ns - self.start_ns) // bins)
         binned = (rest.with_columns(((pl.col("StartNs") - self.start_ns) // width).alias("Bin"), row_label.alias("Row"))
                   .group_by("Row", "Operation", "Bin")

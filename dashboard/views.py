@@ -16,6 +16,7 @@ import streamlit as st
 
 from agentwatch.dashboard import charts, data, trace_model
 from agentwatch.dashboard.trace_model import STEP_KINDS, human_bytes
+from agentwatch.schemas.vocabulary import ANOMALY_STATUSES, SEVERITIES, UNRESOLVED_STATUSES, describe_kind
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +252,11 @@ def page_anomalies(db, start: datetime, end: datetime) -> None:
     facets = data.anomaly_facets(db)
     c = st.columns(4)
     unpin = {"on_change": lambda: st.session_state.pop("anomaly_pinned", None)}
-    kinds = c[0].multiselect("Kind", facets["kinds"], key="f_kind", **unpin)
-    severities = c[1].multiselect("Severity", list(data.SEVERITIES), key="f_severity", **unpin)
+    kinds = c[0].multiselect("Kind", facets["kinds"], key="f_kind", **unpin,
+                             help="\n".join(f"- `{k}`: {describe_kind(k) or 'not described'}" for k in facets["kinds"]))
+    severities = c[1].multiselect("Severity", list(reversed(SEVERITIES)), key="f_severity", **unpin)
     tenants = c[2].multiselect("Tenant", facets["tenants"], key="f_tenant", **unpin)
-    statuses = c[3].multiselect("Status", list(data.STATUSES), default=["open", "acknowledged"], key="f_status",
+    statuses = c[3].multiselect("Status", list(ANOMALY_STATUSES), default=list(UNRESOLVED_STATUSES), key="f_status",
                                 **unpin)
     any_time = st.toggle("Any time (ignore the time range)", key="f_any_time", value=False, **unpin)
     inbox = data.anomalies(db, None if any_time else start, None if any_time else end, kinds=kinds,
@@ -295,6 +297,8 @@ def anomaly_detail(db, anomaly_id: str) -> None:
         return
     st.subheader(f":material/crisis_alert: {a['Kind']} · {a['Tenant']} · {a['AgentId'] or a['TraceId']}")
     st.markdown(f"{SEVERITY_BADGE.get(a['Severity'], a['Severity'])} {STATUS_BADGE.get(a['Status'], a['Status'])}")
+    if describe_kind(a["Kind"]):
+        st.caption(f"{a['Kind']}: {describe_kind(a['Kind'])}")
     st.markdown(f"**{a['Summary']}**")
     cols = st.columns(5)
     cols[0].metric("Status", a["Status"])

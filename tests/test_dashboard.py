@@ -25,6 +25,7 @@ import agentwatch
 from agentwatch import demo
 from agentwatch.dashboard import data, replay, trace_model
 from agentwatch.schemas import store
+from agentwatch.schemas.vocabulary import CROSS_TENANT_USE_SQL
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 NS = 1_000_000_000
@@ -425,8 +426,7 @@ def test_costs_by_tenant_agent_model_and_day_with_tokens_by_kind(fleet, client):
 def test_credentials_audit_trail_highlights_cross_tenant_uses(fleet, client):
     at = goto(ok(app()), "Credentials")
     shown = metrics(at)
-    cross = client.query("SELECT count() FROM credential_events WHERE Event = 'use' AND (Tenant != CredentialTenant "
-                         "OR (ResourceTenant != '' AND ResourceTenant != Tenant))").result_rows[0][0]
+    cross = client.query(f"SELECT count() FROM credential_events WHERE {CROSS_TENANT_USE_SQL}").result_rows[0][0]
     assert cross > 0 and number(shown["Cross-tenant uses"]) == cross
     assert any("cross-tenant credential uses" in e.value for e in at.error)
     lifted = fleet["ids"]["cross_tenant"]["credential"]
