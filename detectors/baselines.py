@@ -185,3 +185,22 @@ def evaluate(value: float, t_ns: int, baseline: Baseline | None, limits: Limits,
     if limits.hard:
         return hard, value / limits.hard, None
     return False, 0.0, None
+
+
+def judge(value: float, t_ns: int, book: BaselineBook, limits: Limits, keys: list[tuple], certain: bool = True,
+          allowance: float = 0.0) -> tuple[bool, float, float | None, tuple | None, Baseline | None]:
+    """(anomalous?, score, threshold, key, baseline) of a value against the baselines of `keys`.
+
+    certain: the first warm baseline among `keys` (most specific first) decides. Not certain (what the
+    value belongs to is still a guess, e.g. a trace whose root agent has not arrived): anomalous only
+    if anomalous against every warm baseline among `keys`, the most lenient decides.
+    """
+    if certain:
+        key, baseline = book.lookup(limits, *keys)
+        return (*evaluate(value, t_ns, baseline, limits, allowance), key, baseline)
+    warm = [(key, b) for key in keys if (b := book.peek(key)) is not None and b.warm(limits)]
+    if not warm:
+        return (*evaluate(value, t_ns, None, limits, allowance), None, None)
+    verdicts = [(evaluate(value, t_ns, b, limits, allowance), key, b) for key, b in warm]
+    (bad, score, thr), key, baseline = min(verdicts, key=lambda v: (v[0][0], v[0][1]))
+    return bad, score, thr, key, baseline

@@ -41,6 +41,7 @@ class DetectorConfig:
     tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
     tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
     cost_min_usd_per_minute: float = 2.0  # floor: below this no cost spike is raised
+    cost_critical_usd_per_hour: float = 20.0  # a spike is critical when its excess costs this much an hour
     cost_ratio: float = 6.0  # cost per minute is heavy-tailed (one long reasoning call): threshold >= 6 x mean
     cost_min_history: int = 10  # minutes learned before a cost baseline may flag
     call_peak_decay: float = 0.9995  # per window: the largest normal single call is remembered ~a day

@@ -2,7 +2,7 @@
 
 It tails `agent_spans` and `credential_events` in commit order (block numbers,
 see `agentwatch.detectors.tailing`), runs the detectors of
-`agentwatch.detectors.rules` over the new rows and writes `anomalies`:
+`agentwatch.detectors.streams` over the new rows and writes `anomalies`:
 
     worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env(), shard=(0, 1))
     worker.run_forever(stop_event)          # or: while worker.run_once(): ...
@@ -15,7 +15,7 @@ One batch (`run_once`):
    insert commits; for the tool spans among them, a hash of their arguments
    from otel_traces; for the credential uses, the parent of the span they
    happened on (to find their agent when the span carries none);
-2. process them one by one (deterministic: see rules.py);
+2. process them one by one (deterministic: see stream.py);
 3. write a row version for every anomaly that changed materially;
 4. checkpoint: positions and the pickled model state in `detector_state`
    (Detector='worker', Shard='k/N'), in one row, after the anomalies.
@@ -48,7 +48,8 @@ from clickhouse_connect.driver.client import Client
 from agentwatch.detectors import anomalies as anomaly_store
 from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.config import DetectorConfig
-from agentwatch.detectors.rules import SPAN_KINDS, CredentialDetectors, CredentialRow, SpanDetectors, SpanRow
+from agentwatch.detectors.stream import CredentialRow, SpanRow
+from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import Batch, Tail
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ class WorkerState:
         self.version = STATE_VERSION
         self.positions = {table: 0 for table in TABLES}  # the last block number read
         self.processed = {table: 0 for table in TABLES}  # rows read, ever (equals the rows up to the position)
-        self.spans = SpanDetectors(config)
-        self.credentials = CredentialDetectors(config)
+        self.spans = SpanStream(config)
+        self.credentials = CredentialStream(config)
         self.book = AnomalyBook()
 
     def encode(self) -> str:
@@ -170,8 +171,8 @@ class DetectorWorker:
         state.processed["credential_events"] += len(credential_rows)
         changed = state.book.take_dirty()
         for a in changed:
-            detectors = state.spans if a.kind in SPAN_KINDS else state.credentials
-            a.summary, a.evidence = detectors.render(a)
+            stream = state.spans if a.kind in state.spans.by_kind else state.credentials
+            a.summary, a.evidence = stream.render(a)
             if a.raised_by is not None:  # the span whose arrival raised it: where to start reading the trace
                 trace_id, span_id, at_ns, ingested_us = a.raised_by
                 a.evidence["raised_by"] = {"trace_id": trace_id, "span_id": span_id, "at": _utc_ns(at_ns),
