@@ -14,8 +14,20 @@ numbers never alert:
 where sigmas' = sigmas * sqrt(1 + min_history / n) widens the band while the
 history is short (n values learned) and tends to `sigmas` as it grows.
 
-Detectors feed a baseline only values from windows that were not anomalous,
-so an incident does not teach the baseline that the incident is normal.
+What a baseline learns is guarded three ways, so that what it should flag does
+not become its normal:
+
+- an anomalous value (a window or trace the detector raised) is held back, not
+  learned;
+- a value far above normal (over `hold_ratio` x mean and mean + `hold_sigmas`
+  x std) is held back too, until a value below that line comes: then it was a
+  blip and is learned late. So a slow ramp (cost doubling every ten minutes)
+  does not drag the baseline up behind it and is raised once it is several
+  times the level it started from;
+- a level shift, values held back without a break for `learning_s` of event
+  time, becomes the new normal: everything held is learned at once
+  (`shifted_at` says when, and the evidence when it will), so a lasting
+  change alerts once and then stops alerting.
 Everything here pickles (river objects and plain floats) into the worker's
 checkpoint.
 """
@@ -24,12 +36,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from river import stats, utils
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 HOUR_NS = 3_600 * NS
+MAX_HELD = 1_000  # values held back per key at most (the oldest go first)
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,8 @@ class Baseline:
     """The learned normal of one key: rolling mean / variance (river), decaying peak, hourly profile."""
 
     def __init__(self, window: int = 60, peak_decay: float = 0.995, hourly_fading: float = 0.02,
-                 seasonal_min_days: float = 2.0, seasonal_min_samples: int = 30) -> None:
+                 seasonal_min_days: float = 2.0, seasonal_min_samples: int = 30, hold_ratio: float = 2.0,
+                 hold_sigmas: float = 3.0, learning_s: float = 3600.0, min_history: int = 10) -> None:
         self.stats = utils.Rolling(stats.Var, window_size=window, ddof=0)
         self.n = 0
         self.peak = 0.0
@@ -66,10 +81,49 @@ class Baseline:
         self.h_mean = [0.0] * 24
         self.h_var = [0.0] * 24
         self.h_n = [0] * 24
+        self.hold_ratio = hold_ratio
+        self.hold_sigmas = hold_sigmas
+        self.learning_ns = int(learning_s * NS)
+        self.min_history = min_history
+        self.held: list[tuple[float, int, bool]] = []  # (value, t_ns, anomalous) held back, oldest first
+        self.shifted_at: int | None = None  # event time the last level shift was accepted
 
     # --- learning ---------------------------------------------------------------------------------
 
+    def observe(self, value: float, t_ns: int, anomalous: bool = False) -> None:
+        """A final value: learned now, or held back (see the module doc)."""
+        value = float(value)
+        line = self.hold_line(t_ns)
+        if anomalous or (line is not None and value > line):
+            if len(self.held) >= MAX_HELD:
+                del self.held[0]
+            self.held.append((value, t_ns, anomalous))
+            if t_ns - self.held[0][1] >= self.learning_ns:  # held without a break: the new normal
+                for v, t, _ in self.held:
+                    self.learn(v, t)
+                self.held.clear()
+                self.shifted_at = t_ns
+            return
+        if self.held:  # a break: what was held was a blip; anomalous values teach nothing
+            for v, t, bad in self.held:
+                if not bad:
+                    self.learn(v, t)
+            self.held.clear()
+        self.learn(value, t_ns)
+
+    def hold_line(self, t_ns: int) -> float | None:
+        """Values above this are held back (None while the baseline is cold)."""
+        if self.n < self.min_history:
+            return None
+        mean, std, _ = self.expected(t_ns)
+        return max(self.hold_ratio * mean, mean + self.hold_sigmas * std)
+
+    def learning_until(self) -> int | None:
+        """When what is held now becomes the new normal, if it goes on without a break."""
+        return self.held[0][1] + self.learning_ns if self.held else None
+
     def learn(self, value: float, t_ns: int) -> None:
+        """Learn a value as normal, unconditionally (`observe` decides whether to)."""
         value = float(value)
         self.stats.update(value)
         self.n += 1
@@ -115,9 +169,20 @@ class Baseline:
         """The baseline as evidence: what normal looks like and the threshold it gives."""
         mean, std, seasonal = self.expected(t_ns)
         thr = self.threshold(t_ns, limits)
-        return {"mean": _r(mean), "std": _r(std), "peak": _r(self.peak), "history": self.n,
-                "seasonal": seasonal, "warm": thr is not None, "threshold": _r(thr) if thr is not None else None,
-                "floor": limits.floor, "hard_limit": limits.hard}
+        out = {"mean": _r(mean), "std": _r(std), "peak": _r(self.peak), "history": self.n,
+               "seasonal": seasonal, "warm": thr is not None, "threshold": _r(thr) if thr is not None else None,
+               "floor": limits.floor, "hard_limit": limits.hard}
+        until = self.learning_until()
+        if until is not None:  # a level that lasts until then becomes the new normal
+            out["held_values"] = len(self.held)
+            out["new_level_normal_from"] = _iso(until)
+        if self.shifted_at is not None:
+            out["level_shift_accepted_at"] = _iso(self.shifted_at)
+        return out
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / NS, tz=UTC).isoformat(timespec="seconds")
 
 
 def _r(x: float | None) -> float | None:
@@ -153,9 +218,10 @@ class BaselineBook:
                 first = (key, baseline)
         return first
 
-    def learn(self, value: float, t_ns: int, *keys: tuple) -> None:
+    def learn(self, value: float, t_ns: int, *keys: tuple, anomalous: bool = False) -> None:
+        """A final value of each key: learned, or held back (`Baseline.observe`)."""
         for key in keys:
-            self.get(key).learn(value, t_ns)
+            self.get(key).observe(value, t_ns, anomalous)
 
     def drop(self, key: tuple) -> None:
         self.by_key.pop(key, None)

@@ -10,11 +10,15 @@ others get tenant_budget_usd_per_minute). A limit of 0 turns that guard rail off
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from agentwatch.detectors.baselines import Limits
 
 ENV_PREFIX = "AGENTWATCH_DETECT_"
+# the hard guard rails: limits that raise whatever was learned (0 turns one off)
+HARD_LIMITS = ("tenant_budget_usd_per_minute", "fanout_max_model_calls", "fanout_max_calls_per_minute",
+               "fanout_max_sub_agents", "fanout_max_invocations", "fanout_max_depth", "loop_max_repeats",
+               "credential_max_agents", "credential_max_tenants")
 
 
 @dataclass
@@ -36,6 +40,9 @@ class DetectorConfig:
     ratio: float = 3.0  # threshold >= ratio * mean
     peak_factor: float = 1.5  # threshold >= peak_factor * (slowly decaying) peak of normal values
     seasonal_min_days: float = 2.0  # hour-of-day baselines once this much history is learned
+    hold_ratio: float = 2.0  # a value over this x mean (and mean + hold_sigmas x std) is held back ...
+    hold_sigmas: float = 3.0
+    learning_s: float = 3600.0  # ... until it breaks (learned late) or lasts this long (the new normal)
     critical_score: float = 3.0  # score (value / threshold) from which an anomaly is critical
     # --- cost_spike ------------------------------------------------------------------------------
     tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
@@ -85,6 +92,11 @@ class DetectorConfig:
         values.update(overrides)
         return cls(**values)
 
+    def without_hard_limits(self) -> DetectorConfig:
+        """The same settings with every hard guard rail off: only the learned baselines (and the
+        cross-tenant rule) raise. How detection quality is measured for what the learning does alone."""
+        return replace(self, tenant_budgets={}, **{name: 0 for name in HARD_LIMITS})
+
     # --- limits the detectors use ------------------------------------------------------------------
 
     def budget_for(self, tenant: str) -> float:
@@ -95,7 +107,8 @@ class DetectorConfig:
                       peak_factor=self.peak_factor, min_history=min_history, hard=hard if hard else None)
 
     def baseline_options(self) -> dict:
-        return {"window": self.baseline_window, "seasonal_min_days": self.seasonal_min_days}
+        return {"window": self.baseline_window, "seasonal_min_days": self.seasonal_min_days,
+                "hold_ratio": self.hold_ratio, "hold_sigmas": self.hold_sigmas, "learning_s": self.learning_s}
 
 
 def _parse(name: str, kind, raw: str):

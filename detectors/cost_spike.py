@@ -255,15 +255,15 @@ class CostSpike(Detector):
     def _close(self, w: CostWindow, index: int, book: AnomalyBook) -> None:
         if not w.flagged:
             self._evaluate(w, None, book)  # final verdict on the whole window
-        if w.flagged:
-            return  # an anomalous window teaches nothing
-        t0 = w.start
-        self.baselines.learn(w.total, t0, ("tenant", w.tenant))
-        self._learn_call_peak(("tenant", w.tenant), w.max_call)
+        t0, bad = w.start, w.flagged  # an anomalous window is held back: it teaches only as a lasting new level
+        self.baselines.learn(w.total, t0, ("tenant", w.tenant), anomalous=bad)
+        if not bad:
+            self._learn_call_peak(("tenant", w.tenant), w.max_call)
         for n in self.cost_keys.get(w.tenant, ()):
             if n and index >= self.first_window.get((w.tenant, n), index + 1):
-                self.baselines.learn(w.by_name.get(n, (0.0,))[0], t0, ("agent", w.tenant, n))
-                self._learn_call_peak(("agent", w.tenant, n), w.max_call_by_name.get(n, 0.0))
+                self.baselines.learn(w.by_name.get(n, (0.0,))[0], t0, ("agent", w.tenant, n), anomalous=bad)
+                if not bad:
+                    self._learn_call_peak(("agent", w.tenant, n), w.max_call_by_name.get(n, 0.0))
 
     def _learn_call_peak(self, key: tuple, largest: float) -> None:
         self.call_peak[key] = max(largest, self.call_peak.get(key, 0.0) * self.config.call_peak_decay)

@@ -100,10 +100,10 @@ class CredentialFanout(Detector):
                 if not any(m in cs.buckets for m in range(end - self.buckets + 1, end + 1)):
                     continue
                 # learn whole windows only: the first ones of a credential's history cover less than W minutes
-                if (end not in cs.flagged and not self._evaluate(credential, cs, end, book)
-                        and end - self.buckets + 1 >= cs.first_bucket):
+                bad = end in cs.flagged or self._evaluate(credential, cs, end, book)
+                if end - self.buckets + 1 >= cs.first_bucket:  # anomalous ones are held back (baselines.py)
                     self.baselines.learn(len(self._window(cs, end)), (end + 1) * MINUTE_NS,
-                                         ("credential", credential), ("owner", cs.owner))
+                                         ("credential", credential), ("owner", cs.owner), anomalous=bad)
                 cs.flagged.discard(end)
             for m in [m for m in cs.buckets if m < until - self.buckets + 1]:
                 del cs.buckets[m]

@@ -73,10 +73,11 @@ class Fanout(Detector):
             self._evaluate(t, row, book)
 
     def finish(self, t: TraceState, book: AnomalyBook) -> None:
-        if not t.root_seen or t.slots.get(self.kind) is not None:
-            return  # an incomplete trace, or an anomalous one, teaches nothing
+        if not t.root_seen:
+            return  # an incomplete trace teaches nothing; an anomalous one is held back (baselines.py)
+        flagged = t.slots.get(self.kind) is not None
         for metric, value in self.values(t).items():
-            self.baselines.learn(value, t.first_ts, *self.keys(metric, t))
+            self.baselines.learn(value, t.first_ts, *self.keys(metric, t), anomalous=flagged)
 
     def render(self, a: Anomaly) -> tuple[str, dict]:
         return render(a, a.ctx)

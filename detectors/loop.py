@@ -108,14 +108,15 @@ class Loop(Detector):
     def finish(self, t: TraceState, book: AnomalyBook) -> None:
         """A normal finished trace teaches each agent kind the worst repeat it made."""
         case: LoopCase | None = t.slots.get(self.kind)
-        if not t.root_seen or (case is not None and case.anomaly is not None):
+        if not t.root_seen:
             return
         worst: dict[str, int] = {}
         for r in (case.repeats.values() if case is not None else ()):
             name = t.agent_of(r.spans[0])[1]
             worst[name] = max(worst.get(name, 0), r.n)
+        flagged = case is not None and case.anomaly is not None  # held back (baselines.py)
         for name, n in worst.items():
-            self.baselines.learn(n, t.first_ts, *self.keys(t.tenant, name))
+            self.baselines.learn(n, t.first_ts, *self.keys(t.tenant, name), anomalous=flagged)
 
     def render(self, a: Anomaly) -> tuple[str, dict]:
         case: LoopCase = a.ctx
