@@ -47,8 +47,11 @@ class DetectorConfig:
     # --- cost_spike ------------------------------------------------------------------------------
     tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
     tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
-    cost_min_usd_per_minute: float = 2.0  # floor: below this no cost spike is raised
+    cost_min_usd_per_minute: float = 0.5  # floor: below this (per minute of window) no cost spike is raised
     cost_critical_usd_per_hour: float = 20.0  # a spike is critical when its excess costs this much an hour
+    cost_agent_min_usd_per_minute: float = 2.0  # floor for one agent kind of a tenant
+    cost_long_window_s: int = 600  # the sustained scale: cost per 10 minutes (0: off) ...
+    cost_long_ratio: float = 3.0  # ... where noise averages out, so a few times normal is a spike
     cost_ratio: float = 6.0  # cost per minute is heavy-tailed (one long reasoning call): threshold >= 6 x mean
     cost_min_history: int = 10  # minutes learned before a cost baseline may flag
     call_peak_decay: float = 0.9995  # per window: the largest normal single call is remembered ~a day

@@ -106,9 +106,12 @@ class CostSpike(Detector):
     kind = "cost_spike"
     stream = "spans"
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, long: bool = False) -> None:
+        """long: the sustained scale (`cost_long_window_s`, several minutes), for spikes of a few times
+        normal that one minute's noise hides; else the sharp scale (`window_s`, a minute)."""
+        self.long = long
         self.baselines = BaselineBook(**config.baseline_options())
-        self.window_ns = int(config.window_s * NS)
+        self.window_ns = int((config.cost_long_window_s if long else config.window_s) * NS)
         self.windows: dict[tuple[str, int], CostWindow] = {}
         self.closed_until: int | None = None  # windows with index < this are final
         self.cost_keys: dict[str, set[str]] = {}  # tenant -> agent names seen (their zero windows count)
@@ -119,15 +122,19 @@ class CostSpike(Detector):
 
     def configure(self, config: DetectorConfig) -> None:
         c = self.config = config
-        self.agent_limits = c.limits(c.cost_min_usd_per_minute, c.cost_min_history, ratio=c.cost_ratio)
+        minutes = self.window_ns / (60 * NS)
+        self.floor = c.cost_min_usd_per_minute * minutes
+        self.ratio = c.cost_long_ratio if self.long else c.cost_ratio
+        # an agent kind's cost per window is sparse (most minutes nothing, then one run): a higher floor
+        self.agent_limits = c.limits(c.cost_agent_min_usd_per_minute * minutes, c.cost_min_history, ratio=self.ratio)
         self._tenant_limits: dict[str, Limits] = {}
 
     def tenant_limits(self, tenant: str) -> Limits:
         limits = self._tenant_limits.get(tenant)
         if limits is None:
             c = self.config
-            limits = self._tenant_limits[tenant] = c.limits(c.cost_min_usd_per_minute, c.cost_min_history,
-                                                            c.budget_for(tenant), ratio=c.cost_ratio)
+            budget = None if self.long else c.budget_for(tenant)  # the budget is per minute: the sharp scale's
+            limits = self._tenant_limits[tenant] = c.limits(self.floor, c.cost_min_history, budget, ratio=self.ratio)
         return limits
 
     # --- the protocol ------------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ class DetectorStream(EventTimeStream):
 
     @property
     def late_rows(self) -> int:
-        """Rows later than the allowed lateness, left out of windows already closed."""
-        return sum(getattr(d, "late_rows", 0) for d in self.detectors)
+        """Rows later than the allowed lateness, left out of windows already closed (by any detector)."""
+        return max((getattr(d, "late_rows", 0) for d in self.detectors), default=0)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -65,7 +65,10 @@ class SpanStream(DetectorStream):
     """fanout, loop, cost_spike (and novel_trace) over the agent_spans of one shard."""
 
     def __init__(self, config: DetectorConfig) -> None:
-        super().__init__(config, [Fanout(config), Loop(config), CostSpike(config)])
+        detectors = [Fanout(config), Loop(config), CostSpike(config)]
+        if config.cost_long_window_s:
+            detectors.append(CostSpike(config, long=True))
+        super().__init__(config, detectors)
         self.traces = TraceBook()
 
     def process(self, rows: list[SpanRow], book: AnomalyBook) -> None:
