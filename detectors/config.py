@@ -48,7 +48,8 @@ class DetectorConfig:
     tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
     tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
     cost_min_usd_per_minute: float = 0.5  # floor: below this (per minute of window) no cost spike is raised
-    cost_critical_usd_per_hour: float = 20.0  # a spike is critical when its excess costs this much an hour
+    cost_critical_usd: float = 5.0  # a spike is critical when its excess, kept up for the horizon, costs this
+    cost_stake_horizon_s: float = 600.0
     cost_agent_min_usd_per_minute: float = 2.0  # floor for one agent kind of a tenant
     cost_long_window_s: int = 600  # the sustained scale: cost per 10 minutes (0: off) ...
     cost_long_ratio: float = 3.0  # ... where noise averages out, so a few times normal is a spike

@@ -10,8 +10,10 @@ is never a spike by itself. Spans of a trace already raised as a runaway
 fan-out are that anomaly's cost and leave the windows.
 
 Severity follows the money at stake: a spike is critical when it is far over
-normal (`critical_score`) and its excess over normal, kept up for an hour,
-would cost at least `cost_critical_usd_per_hour`, or when it crosses the budget.
+normal (`critical_score`) and its excess over normal, kept up for
+`cost_stake_horizon_s` (about how long a warning waits for a person), would
+cost at least `cost_critical_usd`, or when it crosses the budget. A small
+tenant's spike of several times its normal is raised, as a warning.
 
     >>> from agentwatch.detectors.anomalies import AnomalyBook
     >>> from agentwatch.detectors.stream import SpanRow
@@ -234,9 +236,8 @@ class CostSpike(Detector):
             score = max(score, over[0]["score"])
         w.flagged = True
         usual = tb.expected(t0)[0] if tb is not None and tb.n else 0.0
-        excess_per_hour = max(0.0, w.total - usual) * (3600 * NS / w.length)
-        critical = hard or (score >= self.config.critical_score
-                            and excess_per_hour >= self.config.cost_critical_usd_per_hour)
+        at_stake = max(0.0, w.total - usual) * (self.config.cost_stake_horizon_s * NS / w.length)
+        critical = hard or (score >= self.config.critical_score and at_stake >= self.config.cost_critical_usd)
         existing = book.get(self.kind, w.tenant, "")
         previous = existing.score if existing is not None else 0.0
         a, _ = book.observe(self.kind, w.tenant, "", first_ns=w.start, last_ns=max(w.last_ts, w.start),
@@ -246,7 +247,8 @@ class CostSpike(Detector):
             a.ctx = CostCase(w, {
                 "tenant_usd": round(w.total, 6), "tenant_anomalous": bad, "tenant_threshold": thr,
                 "tenant_baseline": tb.describe(t0, limits) if tb else None,
-                "largest_normal_call_usd": round(allowance, 6), "excess_usd_per_hour": round(excess_per_hour, 4),
+                "largest_normal_call_usd": round(allowance, 6), "usd_at_stake": round(at_stake, 4),
+                "stake_horizon_s": self.config.cost_stake_horizon_s,
                 "budget_usd_per_minute": limits.hard, "over_budget": hard, "agents_over_baseline": over,
             })
 
