@@ -72,6 +72,9 @@ class DetectorConfig:
     loop_min_history: int = 10  # traces of an agent kind before its baseline may flag
     loop_min_repeats: int = 5  # floor: same tool + same arguments in one trace
     loop_max_repeats: int = 20  # hard guard rail
+    # --- novel_trace -----------------------------------------------------------------------------
+    novel_min_traces: int = 500  # finished normal traces of an agent kind before its shape model judges (0: off)
+    novel_shift_traces: int = 50  # novel traces of a kind within learning_s that make its new normal
     # --- credential_fanout -----------------------------------------------------------------------
     credential_window_s: int = 300
     credential_min_history: int = 10  # windows learned before a credential's baseline may flag

@@ -2,7 +2,7 @@
 
 `SpanStream` reads agent_spans: it keeps the traces (partial trees, each span
 attributed to its nearest agent: `traces`) and hands every row, with its trace,
-to fanout, loop, cost_spike and novel_trace. `CredentialStream` reads
+to fanout, loop, cost_spike (at two scales) and novel_trace. `CredentialStream` reads
 credential_events, gives each use its agent (the use's own, else its span's
 nearest agent from the span stream, else the span's parent as a stand-in) and
 hands it to cross_tenant and credential_fanout. Both keep event time
@@ -19,6 +19,7 @@ from agentwatch.detectors.cross_tenant import CrossTenant
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.fanout import Fanout
 from agentwatch.detectors.loop import Loop
+from agentwatch.detectors.novel_trace import NovelTrace
 from agentwatch.detectors.stream import MINUTE_NS, NS, CredentialRow, EventTimeStream, SpanRow
 from agentwatch.detectors.traces import OPEN, TraceBook
 
@@ -68,6 +69,8 @@ class SpanStream(DetectorStream):
         detectors = [Fanout(config), Loop(config), CostSpike(config)]
         if config.cost_long_window_s:
             detectors.append(CostSpike(config, long=True))
+        if config.novel_min_traces:
+            detectors.append(NovelTrace(config))
         super().__init__(config, detectors)
         self.traces = TraceBook()
 

@@ -42,7 +42,8 @@ MAX_DEPTH_AGENTS = 512  # past this many agent spans the depth is kept as it was
 class TraceState:
     """What the detectors know of one trace so far. Detector-owned slots live in `slots[kind]`."""
 
-    def __init__(self, tenant: str, ts: int) -> None:
+    def __init__(self, tenant: str, ts: int, trace_id: str = "") -> None:
+        self.trace_id = trace_id
         self.tenant = tenant
         self.first_ts = ts
         self.last_ts = ts  # latest span start
@@ -214,7 +215,7 @@ class TraceBook:
     def observe(self, row: SpanRow) -> TraceState:
         t = self.traces.get(row.trace)
         if t is None:
-            t = self.traces[row.trace] = TraceState(row.tenant, row.ts)
+            t = self.traces[row.trace] = TraceState(row.tenant, row.ts, row.trace)
         t.observe(row)
         return t
 

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["agentwatch.detectors.detector", "agentwatch.detectors.traces", "agentwatch.detectors.fanout",
            "agentwatch.detectors.loop", "agentwatch.detectors.cost_spike", "agentwatch.detectors.cross_tenant",
-           "agentwatch.detectors.credential_fanout", "agentwatch.detectors.novel_trace",
+           "agentwatch.detectors.credential_fanout", "agentwatch.detectors.novel_trace", "agentwatch.detectors.shape_model",
            "agentwatch.detectors.tailing", "agentwatch.schemas.vocabulary"]
 
 
