@@ -1,21 +1,30 @@
-"""Detection quality and detector throughput on the demo's labelled scenario.
+"""Detection quality on two independent scenario families, hard guard rails on and off.
 
-For each seed, the demo fleet is fast-forwarded (default: one hour from
-2025-06-16 12:00 UTC, like tests/test_detectors.py) through the SDK and an
-OTLP receiver into a fresh embedded store, once with the five labelled
-incidents and once with the same normal traffic only. A detector worker then
-replays each database from the start, timed until it has caught up, and its
-anomalies are scored against the labels (agentwatch.detectors.evaluation):
+Families (agentwatch.demo):
 
-- per kind: recall (incidents detected with their kind and tenant, and trace
-  or credential) and precision (anomalies that match an incident, or point at
-  a labelled incident's credential or trace, e.g. cross_tenant uses of the
-  credential_fanout leak; strict precision counts only exact matches);
-- anomalies on the normal-only run, and per million normal spans;
-- detector throughput: spans (and all rows) per second while replaying.
+- `demo`: the demo fleet, made with agentwatch's own SDK (every span names its
+  agent and tenant; incidents far past normal);
+- `stock`: a fleet made with nothing but the stock OpenTelemetry SDK, spans
+  shaped as openai-v2 / OpenInference / OpenLLMetry emit them (only agent spans
+  name an agent, trees arrive leaves first), incidents 3-10x normal.
 
-    python bench/detection_quality.py [--seeds 7] [--duration 3600] [--normal-duration 3600]
-                                      [--start 2025-06-16T12:00:00Z] [--batch-rows 50000]
+For each family and seed the fleet is fast-forwarded through an OTLP receiver
+into a fresh embedded store, once with its labelled incidents and once with the
+same normal traffic only (optionally longer: several days of diurnal traffic).
+Then, for each guard-rail setting, a fresh detector worker replays each database
+from the start and its anomalies are scored (agentwatch.detectors.evaluation):
+
+- per kind: recall (incidents detected with their kind, tenant and trace or
+  credential) and precision (anomalies that match an incident or point at a
+  labelled incident's trace or credential);
+- false alerts: anomalies on the normal-only run, per kind and per million spans;
+- detector throughput while replaying.
+
+`--rails off` switches every hard guard rail off (DetectorConfig.without_hard_limits):
+what the learned baselines and novel_trace catch on their own.
+
+    python bench/detection_quality.py [--families demo,stock] [--seeds 7,11,23] [--rails on,off]
+                                      [--duration 3600] [--normal-duration 3600] [--start 2025-06-16T12:00:00Z]
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from datetime import datetime
 import agentwatch
 from agentwatch import demo
 from agentwatch.collector.receiver import Receiver, ReceiverConfig
+from agentwatch.demo import stock
 from agentwatch.detectors import evaluation
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.worker import DetectorWorker
@@ -38,22 +48,30 @@ from agentwatch.schemas import migrate, store
 NS = 1_000_000_000
 
 
-def drive_fleet(dsn: str, database: str, *, seed: int, start_ns: int, duration_s: float, incidents: bool) -> dict:
+def drive_fleet(dsn: str, database: str, *, family: str = "demo", seed: int, start_ns: int, duration_s: float,
+                incidents: bool) -> dict:
+    """Fast-forward one family's fleet through a receiver into `database`; record its labels."""
     client = store.connect(dsn, database)
     migrate.apply(client)
     receiver = Receiver(lambda: store.connect(dsn, database),
                         ReceiverConfig(http_port=0, grpc_port=0, decode_processes=1)).start()
     began = time.perf_counter()
+    endpoint = f"http://127.0.0.1:{receiver.http_port}"
+    dropped = 0
     try:
-        clock = demo.make_clock(start_ns)
-        telemetry = agentwatch.init("bench-fleet", endpoint=f"http://127.0.0.1:{receiver.http_port}", clock=clock,
-                                    gpu_interval=None, max_queue_size=65_536)
-        try:
-            result = demo.run_fleet(duration_s=duration_s, seed=seed, start_ns=start_ns, incidents=incidents)
-            telemetry.flush(timeout_s=600)
-            dropped = telemetry.dropped_spans
-        finally:
-            agentwatch.shutdown()
+        if family == "stock":
+            result = stock.run_stock_fleet(endpoint=endpoint, duration_s=duration_s, start_ns=start_ns, seed=seed,
+                                           incidents=incidents)
+        else:
+            clock = demo.make_clock(start_ns)
+            telemetry = agentwatch.init("bench-fleet", endpoint=endpoint, clock=clock, gpu_interval=None,
+                                        max_queue_size=65_536)
+            try:
+                result = demo.run_fleet(duration_s=duration_s, seed=seed, start_ns=start_ns, incidents=incidents)
+                telemetry.flush(timeout_s=600)
+                dropped = telemetry.dropped_spans
+            finally:
+                agentwatch.shutdown()
         receiver.flush(timeout_s=600)
     finally:
         receiver.stop()
@@ -63,28 +81,38 @@ def drive_fleet(dsn: str, database: str, *, seed: int, start_ns: int, duration_s
             "incidents": result.incidents}
 
 
-def detect(dsn: str, database: str, batch_rows: int) -> dict:
+def detect(dsn: str, database: str, config: DetectorConfig, batch_rows: int = 50_000) -> dict:
+    """A fresh worker over the whole database; its anomalies, the labels and how fast it went."""
     client = store.connect(dsn, database)
-    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig.from_env())
+    client.command("TRUNCATE TABLE anomalies")
+    client.command("TRUNCATE TABLE detector_state")
+    worker = DetectorWorker(lambda: store.connect(dsn, database), config)
     began = time.perf_counter()
-    while worker.run_once(batch_rows):
-        pass
+    worker.catch_up(batch_rows, timeout_s=3600)
     seconds = time.perf_counter() - began
     status = worker.status()
+    audit = worker.audit()
     worker.close()
     rows = evaluation.load_anomalies(client)
     labels = evaluation.load_labels(client)
     client.close()
     return {"rows": rows, "labels": labels, "seconds": seconds, "span_rows": status["span_rows"],
-            "all_rows": status["rows"], "batches": status["batches"], "late_span_rows": status["late_span_rows"]}
+            "all_rows": status["rows"], "audit": audit}
+
+
+def rails_config(rails: str) -> DetectorConfig:
+    config = DetectorConfig.from_env()
+    return config if rails == "on" else config.without_hard_limits()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="7", help="comma-separated demo seeds (default 7)")
+    parser.add_argument("--families", default="demo,stock", help="comma-separated: demo, stock")
+    parser.add_argument("--seeds", default="7", help="comma-separated seeds (default 7)")
+    parser.add_argument("--rails", default="on,off", help="hard guard rails: on, off or both (default on,off)")
     parser.add_argument("--duration", type=float, default=3600, help="seconds of fleet history with incidents")
     parser.add_argument("--normal-duration", type=float, default=None,
-                        help="seconds of normal-only history (default: --duration)")
+                        help="seconds of normal-only history (default: --duration; 0: none)")
     parser.add_argument("--start", default="2025-06-16T12:00:00Z", help="UTC start of the simulated history")
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--data-dir", default=None, help="embedded store directory (default: a temp dir)")
@@ -92,47 +120,56 @@ def main() -> None:
     start_ns = int(datetime.fromisoformat(args.start.replace("Z", "+00:00")).timestamp()) * NS
     dsn = f"chdb://{args.data_dir or tempfile.mkdtemp(prefix='agentwatch-detect-')}"
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    rails_modes = [r.strip() for r in args.rails.split(",") if r.strip()]
+    normal_duration = args.duration if args.normal_duration is None else args.normal_duration
 
-    all_rows, all_labels, runs = [], [], []
-    normal_total = {"spans": 0, "anomalies": 0, "summaries": []}
-    throughput = []
-    for seed in seeds:
-        for kind, incidents, duration in (("incidents", True, args.duration),
-                                          ("normal", False, args.normal_duration or args.duration)):
-            database = f"bench_{kind}_{seed}"
-            fleet = drive_fleet(dsn, database, seed=seed, start_ns=start_ns, duration_s=duration, incidents=incidents)
-            result = detect(dsn, database, args.batch_rows)
-            throughput.append({"run": database, "spans": result["span_rows"], "rows": result["all_rows"],
-                               "batches": result["batches"], "seconds": round(result["seconds"], 3),
-                               "spans_per_s": round(result["span_rows"] / result["seconds"]),
-                               "rows_per_s": round(result["all_rows"] / result["seconds"])})
-            runs.append({"run": database, "fleet_spans": fleet["spans"], "dropped": fleet["dropped"],
-                         "fleet_seconds": fleet["seconds"], "anomalies": len(result["rows"]),
-                         "late_span_rows": result["late_span_rows"]})
-            if incidents:
-                # anomalies and labels of different seeds never match each other (different traces)
-                all_rows += result["rows"]
-                all_labels += result["labels"]
-                print(f"seed {seed}: " + "; ".join(f"{r.kind} {r.tenant} {r.severity}" for r in result["rows"]),
+    results: dict[str, dict] = {}
+    for family in families:
+        fleets = []
+        for seed in seeds:
+            runs = [("incidents", True, args.duration)] + ([("normal", False, normal_duration)]
+                                                             if normal_duration else [])
+            for kind, incidents, duration in runs:
+                database = f"bench_{family}_{kind}_{seed}"
+                fleet = drive_fleet(dsn, database, family=family, seed=seed, start_ns=start_ns, duration_s=duration,
+                                    incidents=incidents)
+                fleets.append((seed, kind, database, fleet))
+                print(f"{family} seed {seed} {kind}: {fleet['spans']} spans in {fleet['seconds']} s",
                       file=sys.stderr, flush=True)
-            else:
-                normal_total["spans"] += result["span_rows"]
-                normal_total["anomalies"] += len(result["rows"])
-                normal_total["summaries"] += [f"{r.kind} {r.tenant}: {r.summary}" for r in result["rows"]]
-
-    report = evaluation.score(all_rows, all_labels)
-    print(json.dumps({
-        "seeds": seeds, "start": args.start, "duration_s": args.duration,
-        "normal_duration_s": args.normal_duration or args.duration,
-        "per_kind": report.per_kind,
-        "missed": [f"{m.kind} {m.tenant} {m.trace_id or m.credential_id}" for m in report.missed],
-        "false_positives": [f"{r.kind} {r.tenant}: {r.summary}" for r in report.false_positives],
-        "explained": report.explained,
-        "normal_only": {"spans": normal_total["spans"], "anomalies": normal_total["anomalies"],
-                        "per_million_spans": round(normal_total["anomalies"] / max(normal_total["spans"], 1) * 1e6, 2),
-                        "summaries": normal_total["summaries"]},
-        "throughput": throughput, "runs": runs,
-    }, indent=2))
+        for rails in rails_modes:
+            all_rows, all_labels, throughput, normal = [], [], [], {"spans": 0, "anomalies": {}, "summaries": []}
+            for seed, kind, database, fleet in fleets:
+                result = detect(dsn, database, rails_config(rails), args.batch_rows)
+                throughput.append({"run": database, "spans": result["span_rows"], "rows": result["all_rows"],
+                                   "seconds": round(result["seconds"], 2),
+                                   "spans_per_s": round(result["span_rows"] / max(result["seconds"], 1e-9)),
+                                   "audit": result["audit"]})
+                if kind == "incidents":  # anomalies and labels of different seeds never match each other
+                    all_rows += result["rows"]
+                    all_labels += result["labels"]
+                else:
+                    normal["spans"] += result["span_rows"]
+                    for r in result["rows"]:
+                        normal["anomalies"][r.kind] = normal["anomalies"].get(r.kind, 0) + 1
+                        normal["summaries"].append(f"seed {seed} {r.kind} {r.tenant}: {r.summary[:240]}")
+            report = evaluation.score(all_rows, all_labels)
+            total = sum(normal["anomalies"].values())
+            results[f"{family}/rails {rails}"] = {
+                "per_kind": report.per_kind,
+                "missed": [f"{m.kind} {m.tenant} {m.trace_id or m.credential_id}" for m in report.missed],
+                "false_positives": [f"{r.kind} {r.tenant}: {r.summary[:240]}" for r in report.false_positives],
+                "explained": report.explained,
+                "normal_only": {"spans": normal["spans"], "anomalies": normal["anomalies"],
+                                "per_million_spans": round(total / max(normal["spans"], 1) * 1e6, 2),
+                                "summaries": normal["summaries"][:40]},
+                "throughput": throughput,
+            }
+            print(f"{family} rails {rails}: " + ", ".join(
+                f"{k} {v['recall']}/{v['precision']}" for k, v in report.per_kind.items())
+                  + f"; normal-only {total} in {normal['spans']} spans", file=sys.stderr, flush=True)
+    print(json.dumps({"seeds": seeds, "start": args.start, "duration_s": args.duration,
+                      "normal_duration_s": normal_duration, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,26 @@ OPENINFERENCE_OPERATIONS = {
     "RETRIEVER": "retrieval",
     "CHAIN": "chain",
 }
+# OpenLLMetry (Traceloop) marks the spans its decorators make (`@workflow`, `@agent`, `@task`,
+# `@tool`) with a kind and names the entity; its LLM spans carry the request type instead.
+TRACELOOP_SPAN_KIND = "traceloop.span.kind"
+TRACELOOP_ENTITY_NAME = "traceloop.entity.name"
+TRACELOOP_OPERATIONS = {
+    "workflow": "invoke_workflow",
+    "agent": "invoke_agent",
+    "tool": "execute_tool",
+    "task": "task",
+}
+LLM_REQUEST_TYPE = "llm.request.type"
+LLM_REQUEST_TYPES = {
+    "chat": "chat",
+    "completion": "text_completion",
+    "embedding": "embeddings",
+    "rerank": "rerank",
+}
+# Where the arguments of a tool call are written: GenAI, OpenInference (the TOOL span's input),
+# OpenLLMetry (the `@tool` function's {"args": [...], "kwargs": {...}}).
+TOOL_ARGUMENTS_KEYS = (GEN_AI_TOOL_CALL_ARGUMENTS, "input.value", "traceloop.entity.input")
 
 DEFAULT_TENANT = "default"
 
@@ -93,9 +113,26 @@ def sql_first(keys: Sequence[str], column: str = "SpanAttributes") -> str:
     return f"coalesce({parts}, '')"
 
 
+def _sql_transform(expression: str, mapping: Mapping[str, str]) -> str:
+    """`mapping[value]`, else the value in lower case."""
+    return (f"transform({expression}, [{', '.join(repr(k) for k in mapping)}], "
+            f"[{', '.join(repr(v) for v in mapping.values())}], lower({expression}))")
+
+
+def _sql_first_or_entity(keys: Sequence[str], traceloop_kind: str) -> str:
+    """`sql_first(keys)`, else the Traceloop entity name on spans of that Traceloop kind."""
+    parts = ", ".join(f"nullIf(SpanAttributes['{key}'], '')" for key in keys)
+    entity = (f"if(SpanAttributes['{TRACELOOP_SPAN_KIND}'] = '{traceloop_kind}', "
+              f"nullIf(SpanAttributes['{TRACELOOP_ENTITY_NAME}'], ''), NULL)")
+    return f"coalesce({parts}, {entity}, '')"
+
+
 def sql_templates() -> dict[str, str]:
     """Expressions the agent-table DDL refers to as {name}."""
     kind = f"SpanAttributes['{OPENINFERENCE_SPAN_KIND}']"
+    operation = f"SpanAttributes['{GEN_AI_OPERATION_NAME}']"
+    request_type = f"SpanAttributes['{LLM_REQUEST_TYPE}']"
+    traceloop_kind = f"SpanAttributes['{TRACELOOP_SPAN_KIND}']"
     return {
         "tenant": (
             f"coalesce(nullIf(SpanAttributes['{TENANT_ID}'], ''), "
@@ -109,12 +146,15 @@ def sql_templates() -> dict[str, str]:
         "reasoning_tokens": f"toUInt64OrZero({sql_first(REASONING_TOKENS_KEYS)})",
         "cost_usd": f"toFloat64OrNull(nullIf(SpanAttributes['{COST_USD}'], ''))",
         "agent_id": sql_first(AGENT_ID_KEYS),
-        "agent_name": sql_first(AGENT_NAME_KEYS),
-        "tool_name": sql_first(TOOL_NAME_KEYS),
+        "agent_name": _sql_first_or_entity(AGENT_NAME_KEYS, "agent"),
+        "tool_name": _sql_first_or_entity(TOOL_NAME_KEYS, "tool"),
+        # GenAI names the operation; else OpenInference's span kind; else OpenLLMetry's request
+        # type (LLM spans) or span kind (decorated spans); else ''.
         "operation": (
-            f"if(SpanAttributes['{GEN_AI_OPERATION_NAME}'] != '', SpanAttributes['{GEN_AI_OPERATION_NAME}'], "
-            f"transform({kind}, [{', '.join(repr(k) for k in OPENINFERENCE_OPERATIONS)}], "
-            f"[{', '.join(repr(v) for v in OPENINFERENCE_OPERATIONS.values())}], lower({kind})))"
+            f"multiIf({operation} != '', {operation}, "
+            f"{kind} != '', {_sql_transform(kind, OPENINFERENCE_OPERATIONS)}, "
+            f"{request_type} != '', {_sql_transform(request_type, LLM_REQUEST_TYPES)}, "
+            f"{_sql_transform(traceloop_kind, TRACELOOP_OPERATIONS)})"
         ),
         "credential_events": ", ".join(f"'{name}'" for name in CREDENTIAL_EVENTS),
         "credential_id": CREDENTIAL_ID,
