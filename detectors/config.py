@@ -47,7 +47,9 @@ class DetectorConfig:
     # --- cost_spike ------------------------------------------------------------------------------
     tenant_budget_usd_per_minute: float = 10.0  # hard guard rail: no tenant may spend more in one window
     tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
-    cost_min_usd_per_minute: float = 0.5  # floor: below this (per minute of window) no cost spike is raised
+    # floor: below this (per minute of window) no cost spike is raised; kept low so that a small tenant's
+    # spike of several times its normal is raised (as a warning: severity follows the money at stake)
+    cost_min_usd_per_minute: float = 0.02
     cost_critical_usd: float = 5.0  # a spike is critical when its excess, kept up for the horizon, costs this
     cost_stake_horizon_s: float = 600.0
     cost_agent_min_usd_per_minute: float = 2.0  # floor for one agent kind of a tenant
@@ -79,7 +81,12 @@ class DetectorConfig:
     credential_window_s: int = 300
     credential_min_history: int = 10  # windows learned before a credential's baseline may flag
     credential_min_agents: int = 10  # floor: distinct agents in the window
-    credential_max_agents: int = 50  # hard guard rail
+    # traffic bursts bring more agents to every credential at once: fan-out is judged against the most agents
+    # the credential had at once (slowly decaying peak) times this, besides mean and spread
+    credential_peak_factor: float = 2.5
+    # hard guard rail; with stock instrumentation an agent is an agent run (span), and a busy tenant's
+    # provider key is used by dozens of runs every few minutes
+    credential_max_agents: int = 200
     credential_max_tenants: int = 3  # hard guard rail: distinct tenants using one credential in the window
     credential_idle_ttl_s: float = 7 * 86_400.0  # a credential unused this long (event time) is forgotten
     # --- writing ---------------------------------------------------------------------------------

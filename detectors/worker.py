@@ -51,6 +51,7 @@ from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import Batch, Tail
+from agentwatch.schemas.attributes import TOOL_ARGUMENTS_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ __all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
 DETECTOR = "worker"
 STATE_VERSION = 2  # 2: positions are block numbers (1: IngestedAt stamps)
 TABLES = ("agent_spans", "credential_events")
-TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
+# a tool call's arguments, wherever its convention writes them (GenAI, OpenInference, OpenLLMetry)
+TOOL_ARGUMENTS = ("coalesce(" + ", ".join(f"nullIf(SpanAttributes['{key}'], '')" for key in TOOL_ARGUMENTS_KEYS)
+                  + ", '')")
 ARGS_PREVIEW_CHARS = 300
 CREDENTIAL_OWNER = "if(CredentialTenant != '', CredentialTenant, Tenant)"  # credential_fanout's tenant
 # SpanRow's columns in order, less the three tool-argument fields (read from otel_traces, inserted after CostUSD)
@@ -386,14 +389,14 @@ class DetectorWorker:
         return out, batch.position
 
     def _tool_arguments(self, client: Client, batch: Batch, shard: str) -> dict[tuple[str, str], tuple[int, int, str]]:
-        """(trace, span) -> (cityHash64, bytes, preview) of gen_ai.tool.call.arguments of the batch's tool spans."""
+        """(trace, span) -> (cityHash64, bytes, preview) of the arguments of the batch's tool spans."""
         tools = [(r[3], r[4]) for r in batch.rows if r[9] == "execute_tool"]
         if not tools:
             return {}
         tool_ts = [r[2] for r in batch.rows if r[9] == "execute_tool"]
         result = client.query(
             f"SELECT TraceId, SpanId, cityHash64(a), length(a), substringUTF8(a, 1, {ARGS_PREVIEW_CHARS}) FROM ("
-            f"SELECT TraceId, SpanId, SpanAttributes['{TOOL_ARGUMENTS}'] AS a FROM otel_traces "
+            f"SELECT TraceId, SpanId, {TOOL_ARGUMENTS} AS a FROM otel_traces "
             "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) "
             "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
             "AND TraceId IN {traces:Array(String)} AND (TraceId, SpanId) IN {pairs:Array(Tuple(String, String))}"
