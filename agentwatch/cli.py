@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="simulate the span timestamps of --duration seconds in a few seconds (default)")
     pace.add_argument("--real-time", dest="fast_forward", action="store_false",
                       help="run in real time for --duration seconds")
+    demo.add_argument("--family", choices=("demo", "stock"), default="demo",
+                      help="demo: agents instrumented with agentwatch's SDK (default); stock: spans from the stock "
+                           "OpenTelemetry SDK shaped as openai-v2, OpenInference and OpenLLMetry emit them, "
+                           "incidents a few times normal (fast-forward only)")
     demo.add_argument("--duration", type=float, default=3600.0, help="seconds of fleet activity (default 3600)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--tenants", type=int, default=6)

@@ -80,6 +80,40 @@ def _detect(settings: config.Settings, client, run: demo.DemoResult) -> str:
     return "\n".join(lines)
 
 
+def _run_stock(args, client, receiver, endpoint: str, start_ns: int, settings: config.Settings) -> int:
+    """The stock family: stock OpenTelemetry SDK spans, fast-forwarded (agentwatch.demo.stock)."""
+    from agentwatch.demo import stock
+
+    if not args.fast_forward:
+        raise SystemExit("agentwatch demo --family stock: the stock fleet runs fast-forward only")
+    print(f"agentwatch demo: fast-forwarding {args.duration:.0f}s of the stock-instrumented fleet -> OTLP {endpoint}",
+          flush=True)
+    wall = time.perf_counter()
+    try:
+        result = stock.run_stock_fleet(endpoint=endpoint, duration_s=args.duration, start_ns=start_ns, seed=args.seed,
+                                       incidents=args.incidents, tenants=min(args.tenants, stock.MAX_TENANTS))
+    finally:
+        if receiver is not None:
+            receiver.flush(timeout_s=300)
+    print(f"sent {result.spans:,} spans in {time.perf_counter() - wall:.1f}s wall time", flush=True)
+    return _report(args, settings, client, receiver, result)
+
+
+def _report(args, settings: config.Settings, client, receiver, result: demo.DemoResult) -> int:
+    if args.labels:
+        Path(args.labels).write_text(demo.incidents_to_json(result))
+    if client is not None:
+        demo.record_incidents(client, result.run_id, result.incidents)
+        print(_summary(client, result), flush=True)
+        if args.detect:
+            print(_detect(settings, client, result), flush=True)
+    else:
+        print(json.dumps(json.loads(demo.incidents_to_json(result)), indent=2))
+    if receiver is not None:
+        receiver.stop()
+    return 0
+
+
 def run(args, settings: config.Settings) -> int:
     embedded = store.is_embedded(settings.dsn)
     owns_store = not args.endpoint or not embedded
@@ -98,6 +132,8 @@ def run(args, settings: config.Settings) -> int:
         endpoint = f"http://127.0.0.1:{receiver.http_port}"
 
     duration_ns = int(args.duration * 1e9)
+    if getattr(args, "family", "demo") == "stock":
+        return _run_stock(args, client, receiver, endpoint, time.time_ns() - duration_ns, settings)
     clock = demo.make_clock(time.time_ns() - duration_ns) if args.fast_forward else None
     telemetry = agentwatch.init("demo-fleet", endpoint=endpoint, clock=clock, gpu_interval=None,
                                 max_queue_size=65_536)
@@ -117,16 +153,4 @@ def run(args, settings: config.Settings) -> int:
         receiver.flush(timeout_s=300)
     print(f"sent {result.spans:,} spans in {time.perf_counter() - wall:.1f}s wall time "
           f"({telemetry.dropped_spans} dropped by the export queue)", flush=True)
-
-    if args.labels:
-        Path(args.labels).write_text(demo.incidents_to_json(result))
-    if client is not None:
-        demo.record_incidents(client, result.run_id, result.incidents)
-        print(_summary(client, result), flush=True)
-        if args.detect:
-            print(_detect(settings, client, result), flush=True)
-    else:
-        print(json.dumps(json.loads(demo.incidents_to_json(result)), indent=2))
-    if receiver is not None:
-        receiver.stop()
-    return 0
+    return _report(args, settings, client, receiver, result)

@@ -49,7 +49,7 @@ class DetectorConfig:
     tenant_budgets: dict[str, float] = field(default_factory=dict)  # per-tenant overrides
     # floor: below this (per minute of window) no cost spike is raised; kept low so that a small tenant's
     # spike of several times its normal is raised (as a warning: severity follows the money at stake)
-    cost_min_usd_per_minute: float = 0.02
+    cost_min_usd_per_minute: float = 0.05
     cost_critical_usd: float = 5.0  # a spike is critical when its excess, kept up for the horizon, costs this
     cost_stake_horizon_s: float = 600.0
     cost_agent_min_usd_per_minute: float = 2.0  # floor for one agent kind of a tenant
@@ -83,7 +83,7 @@ class DetectorConfig:
     credential_min_agents: int = 10  # floor: distinct agents in the window
     # traffic bursts bring more agents to every credential at once: fan-out is judged against the most agents
     # the credential had at once (slowly decaying peak) times this, besides mean and spread
-    credential_peak_factor: float = 2.5
+    credential_peak_factor: float = 3.0
     # hard guard rail; with stock instrumentation an agent is an agent run (span), and a busy tenant's
     # provider key is used by dozens of runs every few minutes
     credential_max_agents: int = 200

@@ -8,11 +8,10 @@ instrumentation where the span names none, its nearest agent in the trace (a
 stand-in while that agent's span has not arrived: see `traces`). Agents new to
 the credential are listed first in the evidence: they are where it spread.
 
-A burst of traffic brings more agents to every credential of a tenant at once.
-So besides the count, the share of the tenant's active agents that used the
-credential is learned, and a count over its threshold is raised only if that
-share is over its own too (unless the credential is normally used by most of
-the tenant's agents, where the share cannot rise and the count decides alone).
+A burst of traffic brings more agents to every credential of a tenant at once,
+so the count is judged against the most agents the credential had at once
+(its slowly decaying peak) times `credential_peak_factor`, besides its mean and
+spread.
 
     >>> from agentwatch.detectors.anomalies import AnomalyBook
     >>> from agentwatch.detectors.config import DetectorConfig
@@ -31,7 +30,7 @@ import math
 from dataclasses import replace
 
 from agentwatch.detectors.anomalies import Anomaly, AnomalyBook
-from agentwatch.detectors.baselines import BaselineBook, Limits, evaluate
+from agentwatch.detectors.baselines import BaselineBook, evaluate
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_IDLE_WINDOWS, MAX_LISTED, MINUTE_NS, NS, CredentialRow, severity, utc
@@ -59,15 +58,12 @@ class CredentialFanout(Detector):
         self.buckets = max(1, round(config.credential_window_s / 60))
         self.closed_until: int | None = None
         self.late_rows = 0
-        self.activity = None  # the span stream's `traces.Activity`, set by the credential stream
         super().__init__(config)
 
     def configure(self, config: DetectorConfig) -> None:
         c = self.config = config
         self.limits = replace(c.limits(c.credential_min_agents, c.credential_min_history, c.credential_max_agents),
                               peak_factor=c.credential_peak_factor)
-        self.share_limits = Limits(floor=0.0, sigmas=c.sigmas, ratio=2.0, peak_factor=1.0,
-                                   min_history=c.credential_min_history)
 
     def observe(self, row: CredentialRow, trace, book: AnomalyBook) -> None:
         if row.event != "use" or not row.mine_owner or not row.credential:
@@ -113,13 +109,8 @@ class CredentialFanout(Detector):
                 # learn whole windows only: the first ones of a credential's history cover less than W minutes
                 bad = end in cs.flagged or self._evaluate(credential, cs, end, book)
                 if end - self.buckets + 1 >= cs.first_bucket:  # anomalous ones are held back (baselines.py)
-                    agents = self._window(cs, end)
-                    t_end = (end + 1) * MINUTE_NS
-                    self.baselines.learn(len(agents), t_end, ("credential", credential), ("owner", cs.owner),
-                                         anomalous=bad)
-                    share = self._share(cs, agents, end)
-                    if share is not None:
-                        self.baselines.learn(share[0], t_end, ("share", credential), anomalous=bad)
+                    self.baselines.learn(len(self._window(cs, end)), (end + 1) * MINUTE_NS,
+                                         ("credential", credential), ("owner", cs.owner), anomalous=bad)
                 cs.flagged.discard(end)
             for m in [m for m in cs.buckets if m < until - self.buckets + 1]:
                 del cs.buckets[m]
@@ -164,17 +155,6 @@ class CredentialFanout(Detector):
         t_end = (end + 1) * MINUTE_NS
         key, baseline = self.baselines.lookup(limits, ("credential", credential), ("owner", cs.owner))
         bad, score, thr = evaluate(n_agents, t_end, baseline, limits)
-        share = self._share(cs, agents, end)
-        share_facts = None
-        if bad and share is not None and not limits.hard_crossed(n_agents):
-            share_baseline = self.baselines.peek(("share", credential))
-            if share_baseline is not None and share_baseline.warm(self.share_limits) \
-                    and share_baseline.expected(t_end)[0] <= 0.5:
-                share_bad, _, share_thr = evaluate(share[0], t_end, share_baseline, self.share_limits)
-                share_facts = {"share_of_active_agents": round(share[0], 4), "active_agents": share[1],
-                               "share_threshold": share_thr,
-                               "share_baseline": share_baseline.describe(t_end, self.share_limits)}
-                bad = share_bad  # more agents, but no bigger a share of a busier tenant: not a spread
         if too_many_tenants:
             bad, score = True, max(score, len(tenants) / tenant_limit)
         if not bad:
@@ -205,15 +185,5 @@ class CredentialFanout(Detector):
                 "uses": [{"agent_id": agent, "tenant": e[0], "at": utc(e[1]), "trace_id": e[2], "span_id": e[3]}
                          for agent, e in ordered][:MAX_LISTED],
                 "first_use_at": utc(first), "last_use_at": utc(last),
-                **(share_facts or {}),
             }
         return True
-
-    def _share(self, cs: CredentialState, agents: dict[str, list], end: int) -> tuple[float, int] | None:
-        """(share of the active agents that used the credential, active agents): the owner's agents
-        active in the window, and the other tenants' agents that used it."""
-        if self.activity is None:
-            return None
-        foreign = sum(1 for e in agents.values() if e[0] != cs.owner)
-        active = max(self.activity.agents(cs.owner, end - self.buckets + 1, end) + foreign, len(agents))
-        return (len(agents) / active, active) if active else None

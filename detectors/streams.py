@@ -21,7 +21,7 @@ from agentwatch.detectors.fanout import Fanout
 from agentwatch.detectors.loop import Loop
 from agentwatch.detectors.novel_trace import NovelTrace
 from agentwatch.detectors.stream import MINUTE_NS, NS, CredentialRow, EventTimeStream, SpanRow
-from agentwatch.detectors.traces import OPEN, Activity, TraceBook
+from agentwatch.detectors.traces import OPEN, TraceBook
 
 
 class DetectorStream(EventTimeStream):
@@ -73,15 +73,12 @@ class SpanStream(DetectorStream):
             detectors.append(NovelTrace(config))
         super().__init__(config, detectors)
         self.traces = TraceBook()
-        # the agents active per tenant and minute, for as long as a credential window can stay open
-        self.activity = Activity(int(config.allowed_lateness_s // 60) + int(config.credential_window_s // 60) + 2)
 
     def process(self, rows: list[SpanRow], book: AnomalyBook) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
         for row in rows:
             self.advance(row, book, lateness)
             t = self.traces.observe(row)
-            self.activity.add(row.tenant, row.ts, t.current_agent)
             for d in self.detectors:
                 d.observe(row, t, book)
             if t.explain_pending:
@@ -106,12 +103,10 @@ class CredentialStream(DetectorStream):
     """cross_tenant and credential_fanout over the credential_events of one shard."""
 
     def __init__(self, config: DetectorConfig) -> None:
-        self.fanout = CredentialFanout(config)
-        super().__init__(config, [CrossTenant(config), self.fanout])
+        super().__init__(config, [CrossTenant(config), CredentialFanout(config)])
 
     def process(self, rows: list[CredentialRow], book: AnomalyBook, spans: SpanStream | None = None) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
-        self.fanout.activity = spans.activity if spans is not None else None
         for row in rows:
             self.advance(row, book, lateness)
             if not row.agent_id and row.event == "use":

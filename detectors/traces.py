@@ -200,31 +200,6 @@ class TraceState:
                 "cost_usd": self.cost, "errors": self.errors}
 
 
-class Activity:
-    """Per tenant and minute of event time, the agents (or stand-ins) that made spans: how busy a tenant
-    is, to tell a credential spreading to more agents from the whole tenant getting busier."""
-
-    def __init__(self, keep_minutes: int) -> None:
-        self.keep = keep_minutes
-        self.by_minute: dict[tuple[str, int], set[str]] = {}
-        self.latest = -(1 << 62)
-
-    def add(self, tenant: str, ts: int, agent: str) -> None:
-        minute = ts // MINUTE_NS
-        self.by_minute.setdefault((tenant, minute), set()).add(agent)
-        if minute > self.latest:
-            self.latest = minute
-            horizon = minute - self.keep
-            for key in [k for k in self.by_minute if k[1] < horizon]:
-                del self.by_minute[key]
-
-    def agents(self, tenant: str, first_minute: int, last_minute: int) -> int:
-        seen: set[str] = set()
-        for m in range(first_minute, last_minute + 1):
-            seen |= self.by_minute.get((tenant, m), set())
-        return len(seen)
-
-
 class TraceBook:
     """The traces being followed, and when each is final."""
 
