@@ -33,6 +33,10 @@ from clickhouse_connect.driver.client import Client
 log = logging.getLogger(__name__)
 
 RETRIES = 3  # reads thrown away because a listed part was merged meanwhile, before reading without pruning
+# Every read by block number must come from the table's own parts: a projection's parts (agent_spans has
+# one ordered by trace) do not keep each row's block number, so a query the optimizer answers from one
+# sees other numbers and reads rows twice or not at all.
+SETTINGS = {"optimize_use_projections": 0}
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Tail:
                    f"WHERE {where}{shard} ORDER BY b LIMIT {{n:UInt64}}))")
             rows = client.query(
                 f"SELECT _block_number, {columns} FROM {self.table} WHERE {where} AND {cut}{shard} "
-                f"ORDER BY _block_number, {order}", parameters=params).result_rows
+                f"ORDER BY _block_number, {order}", parameters=params, settings=SETTINGS).result_rows
             if not pruned or self.still_active(client, parts):
                 # no row: nothing of this shard up to `top`, so the position may move there
                 return Batch(rows, int(rows[-1][0]) if rows else top, parts if pruned else None)
@@ -101,4 +105,4 @@ class Tail:
     def count_after(self, client: Client, position: int, shard: str = "") -> int:
         """Rows committed after `position` (of this shard): what is still to be read."""
         return int(client.query(f"SELECT count() FROM {self.table} WHERE _block_number > {{pos:UInt64}}{shard}",
-                                parameters={"pos": position}).result_rows[0][0])
+                                parameters={"pos": position}, settings=SETTINGS).result_rows[0][0])

@@ -50,6 +50,7 @@ from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
+from agentwatch.detectors.tailing import SETTINGS as BY_BLOCK
 from agentwatch.detectors.tailing import Batch, Tail
 from agentwatch.schemas.attributes import TOOL_ARGUMENTS_KEYS
 
@@ -261,7 +262,7 @@ class DetectorWorker:
             stored, pending = self.client.query(
                 f"SELECT countIf(_block_number <= {{pos:UInt64}}), countIf(_block_number > {{pos:UInt64}}) "
                 f"FROM {table} WHERE 1{self._table_shard(table)}",
-                parameters={"pos": state.positions[table]}).result_rows[0]
+                parameters={"pos": state.positions[table]}, settings=BY_BLOCK).result_rows[0]
             out[table] = {"stored": int(stored), "processed": state.processed[table], "pending": int(pending)}
             self.stats["stored"][table] = int(stored)
             self.stats["processed"][table] = state.processed[table]
@@ -332,13 +333,14 @@ class DetectorWorker:
             ingested_us = int(positions.get(table, 0))
             state.positions[table] = int(self.client.query(
                 f"SELECT max(_block_number) FROM {table} WHERE IngestedAt <= fromUnixTimestamp64Micro({{u:Int64}})",
-                parameters={"u": ingested_us}).result_rows[0][0] or 0)
+                parameters={"u": ingested_us}, settings=BY_BLOCK).result_rows[0][0] or 0)
             state.processed[table] = self._stored_through(table, state.positions[table])
         return state
 
     def _stored_through(self, table: str, position: int) -> int:
         return int(self.client.query(f"SELECT count() FROM {table} WHERE _block_number <= {{pos:UInt64}}"
-                                     f"{self._table_shard(table)}", parameters={"pos": position}).result_rows[0][0])
+                                     f"{self._table_shard(table)}", parameters={"pos": position},
+                                     settings=BY_BLOCK).result_rows[0][0])
 
     def status(self) -> dict:
         """Counters and the event-time watermarks (for logs and /metrics)."""

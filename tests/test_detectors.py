@@ -674,6 +674,29 @@ def test_a_part_merged_during_the_read_is_read_again(dsn, unit_db):
     assert len(listed[0]) == 4 and len(batch.rows) == 16 and tail.retries == 1
 
 
+def test_block_numbers_survive_merges_and_are_never_read_from_a_projection(dsn, unit_db):
+    """agent_spans has a projection ordered by trace, whose parts do not keep each row's block number: a
+    read by block number answered from it would read rows again, or never, once parts are merged."""
+    from agentwatch.detectors.tailing import Tail
+
+    database, client, rows = unit_db
+    for m in range(4):
+        rows.spans(_steady("acme", range(m, m + 1), 0.5))
+    blocks = [b for (b,) in client.query("SELECT DISTINCT _block_number FROM agent_spans ORDER BY 1 "
+                                         "SETTINGS optimize_use_projections = 0").result_rows]
+    client.command("OPTIMIZE TABLE agent_spans FINAL")
+    # the hazard: answered from the projection, the rows of the merged part read as other blocks
+    from_projection = client.query(
+        "SELECT count() FROM (SELECT SpanId FROM agent_spans WHERE _block_number > {b:UInt64} ORDER BY TraceId) "
+        "SETTINGS force_optimize_projection = 1", parameters={"b": blocks[1]}).result_rows[0][0]
+    assert from_projection != 8
+    after_second = Tail("agent_spans").read(client, blocks[1], "SpanId", "Timestamp, TraceId, SpanId", 1_000)
+    assert len(blocks) == 4 and len(after_second.rows) == 8 and after_second.position == blocks[3]
+    worker = _worker(dsn, database, **UNIT)
+    assert worker.catch_up() == 16
+    assert worker.audit()["agent_spans"] == {"stored": 16, "processed": 16, "pending": 0}
+
+
 def test_run_forever_raises_on_new_rows_and_checkpoints_when_stopped(dsn, unit_db):
     import json
 
