@@ -26,6 +26,7 @@ spread.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import replace
 
@@ -166,8 +167,11 @@ class CredentialFanout(Detector):
         hard = limits.hard_crossed(n_agents) or too_many_tenants
         existing = book.get(self.kind, cs.owner, credential)
         previous = existing.score if existing is not None else 0.0
-        ordered = sorted(agents.items(), key=lambda kv: kv[1][1])
-        lead = next(((agent, e) for agent, e in ordered if e[4]), ordered[0])  # the first agent new to it
+        # the earliest uses, and of agents new to it, only as many as the evidence lists: a credential of a
+        # busy tenant is used by thousands of agent runs in a window, re-judged at each new one
+        earliest = heapq.nsmallest(MAX_LISTED, agents.items(), key=_use_time)
+        earliest_new = heapq.nsmallest(MAX_LISTED, ((a, e) for a, e in agents.items() if e[4]), key=_use_time)
+        lead = earliest_new[0] if earliest_new else earliest[0]  # the first agent new to it
         a, _ = book.observe(self.kind, cs.owner, credential, first_ns=first, last_ns=last, score=score,
                             severity=severity(self.config, score, hard), agent_id=lead[0], trace_id=lead[1][2])
         if a.ctx is None or score >= previous:
@@ -180,10 +184,14 @@ class CredentialFanout(Detector):
                 "baseline": baseline.describe(t_end, limits) if baseline else None,
                 "baseline_key": "/".join(key) if key else None,
                 "first_seen_pairs": [{"agent_id": agent, "tenant": e[0], "at": utc(e[1]), "trace_id": e[2],
-                                      "span_id": e[3]} for agent, e in ordered if e[4]][:MAX_LISTED],
-                "first_seen_count": sum(1 for _, e in ordered if e[4]),
+                                      "span_id": e[3]} for agent, e in earliest_new],
+                "first_seen_count": len(new_uses),
                 "uses": [{"agent_id": agent, "tenant": e[0], "at": utc(e[1]), "trace_id": e[2], "span_id": e[3]}
-                         for agent, e in ordered][:MAX_LISTED],
+                         for agent, e in earliest],
                 "first_use_at": utc(first), "last_use_at": utc(last),
             }
         return True
+
+
+def _use_time(item: tuple[str, list]) -> int:
+    return item[1][1]

@@ -66,6 +66,8 @@ TOOL_ARGUMENTS = ("coalesce(" + ", ".join(f"nullIf(SpanAttributes['{key}'], '')"
                   + ", '')")
 ARGS_PREVIEW_CHARS = 300
 CREDENTIAL_OWNER = "if(CredentialTenant != '', CredentialTenant, Tenant)"  # credential_fanout's tenant
+# the batch's (trace, span) pairs: as a subquery, since a literal list of tuples gets slow past ~10k of them
+IN_PAIRS = "(TraceId, SpanId) IN (SELECT arrayJoin({pairs:Array(Tuple(String, String))}))"
 # SpanRow's columns in order, less the three tool-argument fields (read from otel_traces, inserted after CostUSD)
 SPAN_COLUMNS = ("toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, ParentSpanId, "
                 "Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0), InputTokens, "
@@ -401,7 +403,7 @@ class DetectorWorker:
             f"SELECT TraceId, SpanId, {TOOL_ARGUMENTS} AS a FROM otel_traces "
             "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) "
             "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
-            "AND TraceId IN {traces:Array(String)} AND (TraceId, SpanId) IN {pairs:Array(Tuple(String, String))}"
+            f"AND TraceId IN {{traces:Array(String)}} AND {IN_PAIRS}"
             ") WHERE a != ''",
             parameters={"lo": min(tool_ts), "hi": max(tool_ts), "traces": sorted({t for t, _ in tools}),
                         "pairs": tools}).result_rows
@@ -429,7 +431,7 @@ class DetectorWorker:
             "SELECT TraceId, SpanId, ParentSpanId FROM agent_spans "
             "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) - toIntervalDay(1) "
             "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
-            "AND TraceId IN {traces:Array(String)} AND (TraceId, SpanId) IN {pairs:Array(Tuple(String, String))}",
+            f"AND TraceId IN {{traces:Array(String)}} AND {IN_PAIRS}",
             parameters={"lo": min(ts), "hi": max(ts), "traces": sorted({t for t, _ in spans}),
                         "pairs": spans}).result_rows
         return {(r[0], r[1]): r[2] for r in rows}
