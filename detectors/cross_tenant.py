@@ -19,6 +19,7 @@ from __future__ import annotations
 from agentwatch.detectors.anomalies import Anomaly, AnomalyBook
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_LISTED, CredentialRow, utc
+from agentwatch.detectors.traces import describe_agent
 from agentwatch.schemas.vocabulary import CROSS_TENANT_RULE, is_cross_tenant
 
 
@@ -80,7 +81,8 @@ class CrossTenant(Detector):
         victims = ", ".join(sorted(case.victims))
         owners = ", ".join(sorted(case.credential_tenants)) or "unknown"
         agents = sorted(case.agents.items(), key=lambda kv: -kv[1])
-        who = agents[0][0] if len(agents) == 1 else f"{len(agents)} agents (first {agents[0][0]})"
+        first = describe_agent(agents[0][0])
+        who = first if len(agents) == 1 else f"{len(agents)} agents (first {first})"
         resources = sorted(case.resources.items(), key=lambda kv: -kv[1])
         res = ", ".join(r for r, _ in resources[:3]) + (f" and {len(resources) - 3} more" if len(resources) > 3
                                                         else "")

@@ -26,7 +26,7 @@ from agentwatch.detectors.baselines import BaselineBook, judge
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_LISTED, SpanRow, ago, severity, utc
-from agentwatch.detectors.traces import TraceState
+from agentwatch.detectors.traces import TraceState, describe_agent
 
 
 class Repeats:
@@ -129,7 +129,7 @@ class Loop(Detector):
         normal = (f"a {name} normally repeats a call at most {'once' if peak <= 1 else f'{peak} times'} per trace"
                   if b.get("warm") else "no learned baseline for this agent kind yet, so the hard limit applied")
         who = f.get("agent_id") or agent
-        summary = (f"Loop: {who} ({f.get('tenant')}) called {tool} with the same arguments {r.n} times in "
+        summary = (f"Loop: {describe_agent(who)} ({f.get('tenant')}) called {tool} with the same arguments {r.n} times in "
                    f"{ago(r.last - r.first)} in trace {a.trace_id}; {normal}.")
         evidence = {
             "trace_id": a.trace_id, "agent_id": who, "agent_name": f.get("agent_name"), "tool": tool,

@@ -39,6 +39,15 @@ MAX_WALK = 256  # ancestors walked at most (a cycle in bad input must not hang t
 MAX_DEPTH_AGENTS = 512  # past this many agent spans the depth is kept as it was (the other metrics flag)
 
 
+def describe_agent(key: str) -> str:
+    """An agent key as a person reads it (stand-ins name the span the agent runs in)."""
+    if key.startswith(OPEN):
+        return f"the agent running span {key[len(OPEN):]} (its agent span not arrived yet)"
+    if key.startswith("span:"):
+        return f"the agent of span {key[5:]}"
+    return key
+
+
 class TraceState:
     """What the detectors know of one trace so far. Detector-owned slots live in `slots[kind]`."""
 
