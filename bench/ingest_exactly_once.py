@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 from agentwatch.collector.receiver import Receiver, ReceiverConfig  # noqa: E402
 from agentwatch.detectors.config import DetectorConfig  # noqa: E402
-from agentwatch.detectors.tailing import Tail  # noqa: E402
-from agentwatch.detectors.worker import TABLES, DetectorWorker  # noqa: E402
+from agentwatch.detectors.worker import TABLES  # noqa: E402
 from agentwatch.schemas import migrate, store  # noqa: E402
+from tests.helpers import ROW_KEYS, RecordingWorker, read_from_start  # noqa: E402
 
 LATE_BLOCKS = """
 SELECT countIf(first < before), sumIf(rows, first < before), count() FROM (
@@ -60,54 +59,6 @@ SELECT countIf(first < before), sumIf(rows, first < before), count() FROM (
     FROM (SELECT _block_number AS block, min(IngestedAt) AS first, max(IngestedAt) AS last, count() AS rows
           FROM {table} GROUP BY block))
 """
-KEYS = {"agent_spans": "TraceId, SpanId",
-        "credential_events": "TraceId, SpanId, toUnixTimestamp64Nano(Timestamp), Event, CredentialId, Resource"}
-ORDER = {"agent_spans": "Timestamp, TraceId, SpanId",
-         "credential_events": "Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource"}
-
-
-class RecordingWorker(DetectorWorker):
-    """The detector worker, noting each audit, the key of every row it reads and how long after its arrival."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.audits: list[tuple[float, dict]] = []
-        self.read = {table: Counter() for table in TABLES}
-        self.lag_s: list[float] = []  # per span row: read time - IngestedAt
-
-    def audit(self):
-        began = time.monotonic()
-        result = super().audit()
-        self.audits.append((began, result))
-        return result
-
-    def _read_spans(self, client, position, max_rows):
-        rows, to = super()._read_spans(client, position, max_rows)
-        now_us = time.time() * 1e6
-        self.read["agent_spans"].update((r.trace, r.span) for r in rows)
-        self.lag_s.extend((now_us - r.ingested_us) / 1e6 for r in rows)
-        return rows, to
-
-    def _read_credentials(self, client, position, max_rows):
-        rows, to = super()._read_credentials(client, position, max_rows)
-        self.read["credential_events"].update((r.trace, r.span, r.ts, r.event, r.credential, r.resource)
-                                              for r in rows)
-        return rows, to
-
-
-def read_from_start(client, table: str, max_rows: int = 50_000) -> Counter:
-    """Every row's key as the worker's tailing reads the table from block 0 now: key -> times read."""
-    tail, position, read = Tail(table), 0, Counter()
-    top = tail.candidate_parts(client, 0)[1]
-    while position < top:
-        batch = tail.read(client, position, KEYS[table], ORDER[table], max_rows)
-        read.update(tuple(r[1:]) for r in batch.rows)
-        if batch.position <= position:
-            break
-        position = batch.position
-    return read
-
-
 def wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -188,9 +139,9 @@ def main() -> None:
     tables = {}
     tail_client = worker_connection()
     for table in TABLES:
-        keys = {tuple(r) for r in client.query(f"SELECT {KEYS[table]} FROM {table}").result_rows}
+        keys = {tuple(r) for r in client.query(f"SELECT {ROW_KEYS[table]} FROM {table}").result_rows}
         read = worker.read[table]
-        again = read_from_start(tail_client, table)
+        again = read_from_start(tail_client, table, max_rows=50_000)
         late_blocks, late_rows, blocks = client.query(LATE_BLOCKS.format(table=table)).result_rows[0]
         tables[table] = {
             "rows_stored": stored[table], "distinct_stored": len(keys),

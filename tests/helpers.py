@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agentwatch.collector.receiver import Receiver, ReceiverConfig
+from agentwatch.detectors.tailing import Tail
+from agentwatch.detectors.worker import TABLES, DetectorWorker
 from agentwatch.schemas import migrate, store
 
 
@@ -72,3 +75,54 @@ def prometheus_value(text: str, name: str, **labels) -> float:
             if all(f'{key}="{value}"' in line for key, value in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+# --- the tailing worker, watched: what it read, once or more ------------------------------------------
+
+# a key per row, as the tail selects it and as RecordingWorker records it
+ROW_KEYS = {"agent_spans": "TraceId, SpanId",
+            "credential_events": "TraceId, SpanId, toUnixTimestamp64Nano(Timestamp), Event, CredentialId, Resource"}
+ROW_ORDER = {"agent_spans": "Timestamp, TraceId, SpanId",
+             "credential_events": "Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource"}
+
+
+def read_from_start(client, table: str, max_rows: int = 10_000) -> Counter:
+    """Every row's key as the worker's tailing reads `table` from block 0 now: key -> times read."""
+    tail, position, read = Tail(table), 0, Counter()
+    top = tail.candidate_parts(client, 0)[1]
+    while position < top:
+        batch = tail.read(client, position, ROW_KEYS[table], ROW_ORDER[table], max_rows)
+        read.update(tuple(r[1:]) for r in batch.rows)
+        if batch.position <= position:
+            raise AssertionError(f"{table}: no progress after block {position}")
+        position = batch.position
+    return read
+
+
+class RecordingWorker(DetectorWorker):
+    """The detector worker, noting each audit, the key of every row it reads and how long after its arrival."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.audits: list[tuple[float, dict]] = []  # (monotonic time the audit began, its result)
+        self.read = {table: Counter() for table in TABLES}
+        self.lag_s: list[float] = []  # per span row: read time - IngestedAt
+
+    def audit(self):
+        began = time.monotonic()
+        result = super().audit()
+        self.audits.append((began, result))
+        return result
+
+    def _read_spans(self, client, position, max_rows):
+        rows, to = super()._read_spans(client, position, max_rows)
+        now_us = time.time() * 1e6
+        self.read["agent_spans"].update((r.trace, r.span) for r in rows)
+        self.lag_s.extend((now_us - r.ingested_us) / 1e6 for r in rows)
+        return rows, to
+
+    def _read_credentials(self, client, position, max_rows):
+        rows, to = super()._read_credentials(client, position, max_rows)
+        self.read["credential_events"].update((r.trace, r.span, r.ts, r.event, r.credential, r.resource)
+                                              for r in rows)
+        return rows, to

@@ -20,18 +20,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
-import pytest
 
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.metrics import registry_for
-from agentwatch.detectors.tailing import Tail
-from agentwatch.detectors.worker import TABLES, DetectorWorker
+from agentwatch.detectors.worker import TABLES
 from agentwatch.schemas import store
-from tests.helpers import fresh_database, prometheus_value, start_receiver, wait_for
+from tests.helpers import (RecordingWorker, fresh_database, prometheus_value, read_from_start, start_receiver,
+                           wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPANS = 40_000
@@ -52,45 +50,6 @@ SELECT countIf(first < before), sumIf(rows, first < before) FROM (
 """
 
 
-def read_from_start(client, table: str, key: str, order: str, max_rows: int = 10_000) -> Counter:
-    """The key of every row as the worker's tailing reads `table` from block 0 now: key -> times read."""
-    tail, position, read = Tail(table), 0, Counter()
-    top = tail.candidate_parts(client, 0)[1]
-    while position < top:
-        batch = tail.read(client, position, key, order, max_rows)
-        read.update(tuple(r[1:]) for r in batch.rows)
-        assert batch.position > position, f"{table}: no progress after block {position}"
-        position = batch.position
-    return read
-
-
-class RecordingWorker(DetectorWorker):
-    """The detector worker, noting (in its own thread) each audit it runs and the key of every row it reads."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.audits: list[tuple[float, dict]] = []  # (monotonic time the audit began, its result)
-        self.read = {table: Counter() for table in TABLES}
-
-    def audit(self):
-        began = time.monotonic()
-        result = super().audit()
-        self.audits.append((began, result))
-        return result
-
-    def _read_spans(self, client, position, max_rows):
-        rows, to = super()._read_spans(client, position, max_rows)
-        self.read["agent_spans"].update((r.trace, r.span) for r in rows)
-        return rows, to
-
-    def _read_credentials(self, client, position, max_rows):
-        rows, to = super()._read_credentials(client, position, max_rows)
-        self.read["credential_events"].update((r.trace, r.span, r.ts, r.event, r.credential, r.resource)
-                                              for r in rows)
-        return rows, to
-
-
-@pytest.mark.timeout(300)
 def test_each_span_stored_once_and_read_once_by_the_tailing_worker(dsn):
     database = fresh_database(dsn, "t_ingest_exactly_once")
     client = store.connect(dsn, database)
@@ -146,7 +105,7 @@ def test_each_span_stored_once_and_read_once_by_the_tailing_worker(dsn):
         stored_keys = {(r[0], r[1]) for r in client.query("SELECT TraceId, SpanId FROM agent_spans").result_rows}
         assert set(worker.read["agent_spans"]) == stored_keys
         # a worker with no checkpoint, starting now on the merged parts, would read each row once too
-        again = read_from_start(client, "agent_spans", "TraceId, SpanId", "Timestamp, TraceId, SpanId")
+        again = read_from_start(client, "agent_spans")
         assert sum(again.values()) == len(again) and set(again) == stored_keys
 
         # the same, as `agentwatch up` shows it on the receiver's /metrics
