@@ -253,6 +253,13 @@ def evaluate(value: float, t_ns: int, baseline: Baseline | None, limits: Limits,
     return False, 0.0, None
 
 
+def kind_keys(tenant: str, kind: str, *prefix: str) -> list[tuple]:
+    """Baseline keys of an agent kind, most specific first: the tenant's kind, the fleet's kind, then the
+    tenant's and the fleet's of any kind ("": also all there is when the kind is not known yet)."""
+    named = [(*prefix, tenant, kind), (*prefix, "*", kind)] if kind else []
+    return named + [(*prefix, tenant, ""), (*prefix, "*", "")]
+
+
 def judge(value: float, t_ns: int, book: BaselineBook, limits: Limits, keys: list[tuple], certain: bool = True,
           allowance: float = 0.0) -> tuple[bool, float, float | None, tuple | None, Baseline | None]:
     """(anomalous?, score, threshold, key, baseline) of a value against the baselines of `keys`.

@@ -26,13 +26,11 @@ teach them.
 from __future__ import annotations
 
 from agentwatch.detectors.anomalies import Anomaly, AnomalyBook
-from agentwatch.detectors.baselines import BaselineBook, judge
+from agentwatch.detectors.baselines import BaselineBook, judge, kind_keys
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_LISTED, NS, SpanRow, ago, severity, utc
 from agentwatch.detectors.traces import OPEN, TraceState
-
-METRICS = ("model_calls", "calls_per_minute", "sub_agents", "invocations", "depth")
 
 
 class Fanout(Detector):
@@ -61,10 +59,7 @@ class Fanout(Detector):
 
     @staticmethod
     def keys(metric: str, t: TraceState) -> list[tuple]:
-        """Most specific first: the tenant's kind, the fleet's kind, the tenant's, the fleet's (any kind)."""
-        name = t.root_name
-        named = [(metric, t.tenant, name), (metric, "*", name)] if name else []
-        return named + [(metric, t.tenant, ""), (metric, "*", "")]
+        return kind_keys(t.tenant, t.root_name, metric)
 
     # --- the protocol ------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ arrived (until then, the most lenient of the baselines it could belong to).
 from __future__ import annotations
 
 from agentwatch.detectors.anomalies import Anomaly, AnomalyBook
-from agentwatch.detectors.baselines import BaselineBook, judge
+from agentwatch.detectors.baselines import BaselineBook, judge, kind_keys
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_LISTED, SpanRow, ago, severity, utc
@@ -68,10 +68,6 @@ class Loop(Detector):
         c = self.config = config
         self.limits = c.limits(c.loop_min_repeats, c.loop_min_history, c.loop_max_repeats)
 
-    @staticmethod
-    def keys(tenant: str, name: str) -> list[tuple]:
-        named = [(tenant, name), ("*", name)] if name else []
-        return named + [(tenant, ""), ("*", "")]
 
     def observe(self, row: SpanRow, t: TraceState, book: AnomalyBook) -> None:
         if not row.args_hash:
@@ -90,7 +86,7 @@ class Loop(Detector):
         agent_key, name = t.agent_of(r.spans[0])
         certain = bool(row.agent_name) or not agent_key.startswith("open:")
         bad, score, thr, key_b, baseline = judge(n, row.ts, self.baselines, limits,
-                                                 self.keys(t.tenant, row.agent_name or name), certain)
+                                                 kind_keys(t.tenant, row.agent_name or name), certain)
         if not bad:
             return
         previous = case.anomaly.score if case.anomaly is not None else 0.0
@@ -116,7 +112,7 @@ class Loop(Detector):
             worst[name] = max(worst.get(name, 0), r.n)
         flagged = case is not None and case.anomaly is not None  # held back (baselines.py)
         for name, n in worst.items():
-            self.baselines.learn(n, t.first_ts, *self.keys(t.tenant, name), anomalous=flagged)
+            self.baselines.learn(n, t.first_ts, *kind_keys(t.tenant, name), anomalous=flagged)
 
     def render(self, a: Anomaly) -> tuple[str, dict]:
         case: LoopCase = a.ctx
