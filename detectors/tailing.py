@@ -61,6 +61,12 @@ class Tail:
         top = max((int(r[1]) for r in rows), default=0)
         return [r[0] for r in rows if int(r[1]) > position], top
 
+    def top(self, client: Client) -> int:
+        """The highest block number committed so far."""
+        return int(client.query("SELECT max(max_block_number) FROM system.parts WHERE database = currentDatabase() "
+                                "AND table = {t:String} AND active", parameters={"t": self.table}).result_rows[0][0]
+                   or 0)
+
     def still_active(self, client: Client, parts: list[str]) -> bool:
         if not parts:
             return True

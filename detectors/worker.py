@@ -276,7 +276,7 @@ class DetectorWorker:
 
     def catch_up(self, max_rows: int = 50_000, timeout_s: float = 120.0) -> int:
         """Process every row committed before this call; returns rows processed (tests, benchmarks, replays)."""
-        targets = {table: self.tails[table].candidate_parts(self.client, 0)[1] for table in TABLES}
+        targets = {table: self.tails[table].top(self.client) for table in TABLES}
         deadline = time.monotonic() + timeout_s
         total = 0
         while True:
@@ -307,7 +307,7 @@ class DetectorWorker:
             state = WorkerState(self.config)
             if self.config.start_at_latest:
                 for table in TABLES:
-                    state.positions[table] = self.tails[table].candidate_parts(self.client, 0)[1]
+                    state.positions[table] = self.tails[table].top(self.client)
                     state.processed[table] = self._stored_through(table, state.positions[table])
             return state
         position, blob = saved

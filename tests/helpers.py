@@ -89,7 +89,7 @@ ROW_ORDER = {"agent_spans": "Timestamp, TraceId, SpanId",
 def read_from_start(client, table: str, max_rows: int = 10_000) -> Counter:
     """Every row's key as the worker's tailing reads `table` from block 0 now: key -> times read."""
     tail, position, read = Tail(table), 0, Counter()
-    top = tail.candidate_parts(client, 0)[1]
+    top = tail.top(client)
     while position < top:
         batch = tail.read(client, position, ROW_KEYS[table], ROW_ORDER[table], max_rows)
         read.update(tuple(r[1:]) for r in batch.rows)
