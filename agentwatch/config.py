@@ -24,8 +24,17 @@ class Settings:
     otlp_grpc_port: int = 4317
     max_request_bytes: int = 64 << 20
     max_queue_bytes: int = 512 << 20
+    # The receiver's write-ahead spool, on a local disk: empty is data_dir/spool;
+    # "off" answers requests once queued in memory (lost if the process dies).
+    spool_dir: str = ""
     dashboard_port: int = 8501
     dashboard_url: str = "http://localhost:8501"
+
+    @property
+    def spool_path(self) -> str | None:
+        if self.spool_dir == "off":
+            return None
+        return self.spool_dir or str(Path(self.data_dir) / "spool")
 
     @property
     def dsn(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,9 @@ def fresh_database(dsn: str, name: str) -> str:
 
 
 def start_receiver(dsn: str, database: str, **config) -> Receiver:
-    settings = {"http_port": 0, "grpc_port": 0, "decode_processes": 1, **config}
+    # Durable by default, as `agentwatch up` runs it: acknowledged once spooled.
+    settings = {"http_port": 0, "grpc_port": 0, "decode_processes": 1,
+                "spool_dir": tempfile.mkdtemp(prefix="agentwatch-spool-"), **config}
     return Receiver(lambda: store.connect(dsn, database), ReceiverConfig(**settings)).start()
 
 

@@ -10,6 +10,7 @@ write queue is full (exporters retry those).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import zlib
@@ -26,8 +27,8 @@ import grpc
 import orjson
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
-from google.protobuf import json_format
-from google.rpc import status_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -35,7 +36,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from agentwatch.collector.receiver import otlp
 from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
-from agentwatch.collector.receiver.writer import BatchWriter, Chunk, QueueFull
+from agentwatch.collector.receiver.spool import Spool, SpoolError
+from agentwatch.collector.receiver.writer import BatchWriter, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ class ReceiverConfig:
     # Requests of few large spans convert in a thread here: their conversion is
     # mostly copying, which shipping them to a worker would only double.
     convert_here_above_bytes: int = 1 << 20
+    # Write-ahead spool: requests are answered once fsynced here, and retried
+    # requests are recognised for dedup_window_s. None answers once queued in
+    # memory (a crash then loses what was answered and not yet written).
+    spool_dir: str | None = None
+    dedup_window_s: float = 900
 
 
 class Rejected(Exception):
@@ -83,8 +90,11 @@ class Receiver:
     def __init__(self, connect: Callable[[], Client], config: ReceiverConfig | None = None):
         self.config = config or ReceiverConfig()
         self.metrics = ReceiverMetrics()
+        self.spool = Spool(self.config.spool_dir, dedup_window_s=self.config.dedup_window_s,
+                           metrics=self.metrics) if self.config.spool_dir else None
         self.writer = BatchWriter(connect, max_queue_bytes=self.config.max_queue_bytes,
-                                  flush_interval_s=self.config.flush_interval_s, metrics=self.metrics)
+                                  flush_interval_s=self.config.flush_interval_s, metrics=self.metrics,
+                                  spool=self.spool)
         self._connect = connect
         self.keys: KeyStore | None = None
         self._pool: Executor | None = None
@@ -103,7 +113,14 @@ class Receiver:
     def start(self) -> Receiver:
         self.keys = KeyStore(self._connect())
         self._pool = self._start_workers() if self.config.decode_processes > 0 else self._threads
-        self.writer.start()
+        if self.spool:
+            recovered = self.spool.open()
+            if recovered.records:
+                log.info("spool: %d requests accepted before a stop are written now", len(recovered.records))
+            self.spool.on_durable = self.writer.enqueue
+            self.writer.start(recovered.records, recovered.begun)
+        else:
+            self.writer.start()
         self._thread = threading.Thread(target=self._serve_forever, name="agentwatch-receiver", daemon=True)
         self._thread.start()
         self._ready.wait(30)
@@ -147,6 +164,8 @@ class Receiver:
         if self._pool:
             self._pool.shutdown(wait=True)
         self._threads.shutdown(wait=True)
+        if self.spool:
+            self.spool.close()
         self.writer.close()
 
     def flush(self, timeout_s: float = 60) -> bool:
@@ -219,19 +238,48 @@ class Receiver:
                                "conversion workers are restarting; retry") from None
         except otlp.BadRequest as error:
             raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", str(error)) from None
+        duplicate = False
         if converted.blocks:
-            try:
-                self.writer.submit([Chunk(table, block, count) for table, block, count in converted.blocks])
-            except QueueFull as error:
-                raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "queue_full",
-                               f"receiver is busy ({error}); retry later") from None
-        self.metrics.received.labels(signal).inc(converted.accepted)
+            duplicate = await self._store(signal, body, tenant, converted.blocks)
+        if duplicate:
+            self.metrics.duplicates.labels(signal).inc(converted.accepted)
+        else:
+            self.metrics.received.labels(signal).inc(converted.accepted)
         if converted.rejected:
             self.metrics.rejected.labels(signal, "invalid").inc(converted.rejected)
         for model in converted.unknown_models:
             self.metrics.unknown_model.labels(model).inc()
         self.metrics.requests.labels(signal, transport, "partial" if converted.rejected else "ok").inc()
         return converted
+
+    async def _store(self, signal: str, body: bytes, tenant: str | None, blocks) -> bool:
+        """Queue one request's rows; with a spool, return once they are on disk.
+        True when the request is a retry of one already accepted."""
+        try:
+            if self.spool is None:
+                self.writer.submit(blocks)
+                return False
+            size = sum(len(block) for _, block, _ in blocks)
+            self.writer.reserve(size)
+        except QueueFull as error:
+            raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full",
+                           f"receiver is busy ({error}); retry later") from None
+        # The same request body from the same tenant is the same spans: an
+        # exporter's retry, whose first copy may already be stored.
+        digest = hashlib.blake2b(f"{signal}\0{tenant or ''}\0".encode(), digest_size=16)
+        digest.update(body)
+        duplicate = False
+        try:
+            durable, duplicate = self.spool.append(digest.digest(), blocks)
+            if duplicate:
+                self.writer.release(size)
+            await asyncio.wrap_future(durable)
+        except SpoolError as error:
+            if not duplicate:
+                self.writer.release(size)
+            raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "spool_unavailable",
+                           f"cannot persist the request ({error}); retry later") from None
+        return duplicate
 
     def _response(self, signal: str, converted: otlp.Converted):
         response_type, rejected_field = RESPONSES[signal]
@@ -304,7 +352,11 @@ class Receiver:
             except Rejected as rejected:
                 self.metrics.bad_requests.labels(rejected.reason).inc()
                 self.metrics.requests.labels(signal, "grpc", rejected.reason).inc()
-                await context.abort(rejected.grpc_code, str(rejected))
+                trailer = ()
+                if rejected.http_status == 503:
+                    # OTLP/gRPC throttling: RetryInfo tells exporters to retry, and when.
+                    trailer = (("grpc-status-details-bin", _retry_status(rejected, self.config.retry_after_s)),)
+                await context.abort(rejected.grpc_code, str(rejected), trailing_metadata=trailer)
             return self._response(signal, converted)
 
         return export
@@ -320,6 +372,13 @@ class Receiver:
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _retry_status(rejected: Rejected, retry_after_s: int) -> bytes:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
+    return status_pb2.Status(code=rejected.grpc_code.value[0], message=str(rejected),
+                             details=[detail]).SerializeToString()
 
 
 def _status_response(http_status: int, code: grpc.StatusCode, message: str, is_json: bool,
