@@ -35,6 +35,7 @@ def _start_receiver(settings: config.Settings, http_port: int | None = None, grp
         grpc_port=settings.otlp_grpc_port if grpc_port is None else grpc_port,
         max_request_bytes=settings.max_request_bytes,
         max_queue_bytes=settings.max_queue_bytes,
+        max_converting_bytes=settings.max_converting_bytes,
         spool_dir=settings.spool_path,
     )
     return Receiver(_connect_factory(settings), receiver_config).start()

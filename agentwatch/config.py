@@ -24,6 +24,7 @@ class Settings:
     otlp_grpc_port: int = 4317
     max_request_bytes: int = 64 << 20
     max_queue_bytes: int = 512 << 20
+    max_converting_bytes: int = 128 << 20
     # The receiver's write-ahead spool, on a local disk: empty is data_dir/spool;
     # "off" answers requests once queued in memory (lost if the process dies).
     spool_dir: str = ""

@@ -8,6 +8,10 @@ collector is stopped (SIGTERM) and the rows in the store are counted.
 
     python bench/receiver_throughput.py --payload-bytes 1024 --spans 300000
     python bench/receiver_throughput.py --payload-bytes 1048576 --spans 400 --spans-per-request 4
+    python bench/receiver_throughput.py --spool off   # answered once queued in memory, for comparison
+
+With the spool on (the default), a request is answered once it is fsynced to
+the receiver's write-ahead spool.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ def main() -> None:
     parser.add_argument("--spans-per-request", type=int, default=512)
     parser.add_argument("--payload-bytes", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--spool", choices=("on", "off"), default="on")
     args = parser.parse_args()
 
     bodies = build_requests(args.spans, args.spans_per_request, args.payload_bytes)
@@ -137,7 +142,8 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="agentwatch-bench-")
     port = free_port()
     env = {**os.environ, "AGENTWATCH_DATA_DIR": data_dir, "AGENTWATCH_OTLP_HTTP_PORT": str(port),
-           "AGENTWATCH_OTLP_GRPC_PORT": str(free_port()), "AGENTWATCH_CLICKHOUSE_DSN": ""}
+           "AGENTWATCH_OTLP_GRPC_PORT": str(free_port()), "AGENTWATCH_CLICKHOUSE_DSN": "",
+           "AGENTWATCH_SPOOL_DIR": "" if args.spool == "on" else "off"}
     collector = subprocess.Popen([sys.executable, "-m", "agentwatch.cli", "collector"], env=env)
     try:
         for _ in range(600):
@@ -168,7 +174,7 @@ def main() -> None:
     stored = client.query("SELECT count() FROM otel_traces").result_rows[0][0]
     typed = client.query("SELECT count() FROM agent_spans").result_rows[0][0]
     print(json.dumps({
-        "spans_sent": args.spans, "spans_in_otel_traces": stored, "spans_in_agent_spans": typed,
+        "spool": args.spool, "spans_sent": args.spans, "spans_in_otel_traces": stored, "spans_in_agent_spans": typed,
         "lost": args.spans - stored, "payload_bytes": args.payload_bytes, "requests": len(bodies),
         "request_mb": round(body_bytes / 1e6, 1), "retries_after_503": retries,
         "seconds_until_accepted": round(accepted, 2), "seconds_until_written": round(elapsed, 2),

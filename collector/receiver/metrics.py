@@ -18,7 +18,7 @@ class ReceiverMetrics:
                                 ["signal", "reason"], registry=r)
         self.bad_requests = Counter("agentwatch_receiver_bad_requests",
                                     "Requests refused whole: bad_body 400, unauthorized 401, too_large 413, "
-                                    "unsupported_media_type 415, queue_full 503, spool_unavailable 503",
+                                    "unsupported_media_type 415, busy and queue_full 503, spool_unavailable 503",
                                     ["reason"], registry=r)
         self.written = Counter("agentwatch_receiver_written_rows", "Rows written to the store", ["table"], registry=r)
         self.write_errors = Counter("agentwatch_receiver_write_errors", "Failed inserts (retried)", ["table"],

@@ -10,6 +10,7 @@ write queue is full (exporters retry those).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -63,6 +64,7 @@ class ReceiverConfig:
     grpc_port: int | None = 4317  # None turns gRPC off
     max_request_bytes: int = 64 << 20  # per request, after decompression; larger gets 413
     max_queue_bytes: int = 512 << 20  # accepted but unwritten; beyond it requests get 503
+    max_converting_bytes: int = 128 << 20  # bodies being read and converted; beyond it requests get 503
     retry_after_s: int = 1
     flush_interval_s: float = 0.2
     # Converting OTLP to rows is CPU-bound Python: worker processes spread it
@@ -107,6 +109,7 @@ class Receiver:
         self._startup_error: BaseException | None = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
+        self._converting_bytes = 0  # bodies being read or converted (touched on the event loop only)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class Receiver:
         server = None
         if self.config.grpc_port is not None:
             limit = self.config.max_request_bytes
-            server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+            server = grpc.aio.server(maximum_concurrent_rpcs=256, options=[("grpc.max_receive_message_length", limit),
                                               ("grpc.max_send_message_length", 16 << 20)])
             # Raw-bytes handlers: requests go to the conversion workers undecoded.
             server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
@@ -300,8 +303,11 @@ class Receiver:
                                    f"Content-Type must be {PROTOBUF} or {JSON}, not {request.content_type!r}")
                 tenant = self._authorize(request.headers.get("Authorization")
                                          or request.headers.get("x-agentwatch-api-key"))
-                body = await self._read_body(request)
-                converted = await self._ingest(signal, "http", body, is_json, tenant)
+                # Refused before its body is read when the receiver is busy:
+                # memory stays bounded however many exporters connect.
+                async with self._reading(request.content_length or 0):
+                    body = await self._read_body(request)
+                    converted = await self._ingest(signal, "http", body, is_json, tenant)
             except Rejected as rejected:
                 self.metrics.bad_requests.labels(rejected.reason).inc()
                 self.metrics.requests.labels(signal, "http", rejected.reason).inc()
@@ -314,6 +320,18 @@ class Receiver:
             return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
 
         return handle
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, size: int):
+        """Count a request's body against max_converting_bytes while it is read and converted."""
+        if self._converting_bytes and self._converting_bytes + size > self.config.max_converting_bytes:
+            raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy",
+                           f"receiver is busy ({self._converting_bytes} bytes being converted); retry later")
+        self._converting_bytes += size
+        try:
+            yield
+        finally:
+            self._converting_bytes -= size
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_request_bytes
@@ -348,7 +366,8 @@ class Receiver:
             metadata = dict(context.invocation_metadata() or ())
             try:
                 tenant = self._authorize(metadata.get("authorization") or metadata.get("x-agentwatch-api-key"))
-                converted = await self._ingest(signal, "grpc", body, False, tenant)
+                async with self._reading(len(body)):
+                    converted = await self._ingest(signal, "grpc", body, False, tenant)
             except Rejected as rejected:
                 self.metrics.bad_requests.labels(rejected.reason).inc()
                 self.metrics.requests.labels(signal, "grpc", rejected.reason).inc()
