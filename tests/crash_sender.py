@@ -4,8 +4,9 @@ Each request carries `spans` model-call spans (GenAI attributes, an output
 message of `payload_bytes`) whose ids encode the request's number, so the store
 can be checked request by request. Threads post requests in turn as fast as
 the receiver answers, over keep-alive connections. A request that fails (the
-connection refused or reset, a 503) is retried with the same body, as an OTLP
-exporter does, until it is acknowledged; or, with probability `abandon`, given
+connection refused or reset, a 503) is retried with the same body after a
+doubling backoff, as an OTLP exporter does, until it is acknowledged; or, at
+each failure with probability `abandon`, given
 up and recorded as never acknowledged, as an exporter whose retry budget ran
 out.
 """
@@ -61,7 +62,7 @@ def request_body(request: int, spans: int, payload_bytes: int, tenants: int = 3)
 
 class RetryingSender:
     def __init__(self, endpoint: str, requests: int, *, spans: int = 50, payload_bytes: int = 512,
-                 threads: int = 4, abandon: float = 0.25, seed: int = 0) -> None:
+                 threads: int = 4, abandon: float = 0.1, seed: int = 0) -> None:
         parsed = urlparse(endpoint)
         self.host, self.port = parsed.hostname, parsed.port
         self.requests, self.spans, self.payload_bytes = requests, spans, payload_bytes
@@ -102,6 +103,7 @@ class RetryingSender:
         connection = None
         while (request := self._take()) is not None:
             body = request_body(request, self.spans, self.payload_bytes)
+            backoff = 0.05
             while True:
                 try:
                     if connection is None:
@@ -126,6 +128,7 @@ class RetryingSender:
                         self.abandoned.add(request)
                 if give_up:
                     break
-                time.sleep(0.05)  # an exporter's retry backoff
+                time.sleep(backoff)  # an exporter's retry backoff, doubling
+                backoff = min(backoff * 2, 1.0)
         with self._lock:
             self._lock.notify_all()
