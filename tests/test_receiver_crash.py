@@ -10,10 +10,11 @@ acknowledged, and restarted; then stopped cleanly and the store read back.
 from __future__ import annotations
 
 import random
+import urllib.request
 
 import pytest
 
-from tests.crash_sender import RetryingSender, trace_id
+from tests.crash_sender import RetryingSender, request_body, trace_id
 from tests.receiver_process import ReceiverProcess, free_port, stored_spans
 
 SPANS = 40
@@ -47,3 +48,24 @@ def test_kill_9_loses_nothing_acknowledged_and_stores_nothing_twice(tmp_path, se
         assert set(rows) <= sent
     # The cost rollup counts each model call once.
     assert stored["minute_model_calls"] == sum(count for count, _ in stored["agent_spans"].values())
+
+
+def test_a_request_sent_again_is_acknowledged_and_stored_once(receiver, client):
+    """An exporter that timed out, or lost the answer, sends the same request again."""
+    body = request_body(9_000, SPANS, 256)
+    for _ in range(3):
+        answer = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{receiver.http_port}/v1/traces", data=body,
+            headers={"Content-Type": "application/x-protobuf"}), timeout=30)
+        assert answer.status == 200
+    # Another request with other spans is not taken for a retry.
+    other = request_body(9_001, SPANS, 256)
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{receiver.http_port}/v1/traces", data=other,
+        headers={"Content-Type": "application/x-protobuf"}), timeout=30)
+    assert receiver.flush()
+    for table in ("otel_traces", "agent_spans"):
+        counts = dict(client.query(f"SELECT TraceId, count() FROM {table} GROUP BY TraceId").result_rows)
+        assert counts == {trace_id(9_000).hex(): SPANS, trace_id(9_001).hex(): SPANS}, table
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{receiver.http_port}/metrics").read().decode()
+    assert f'agentwatch_receiver_duplicate_items_total{{signal="traces"}} {2 * SPANS}.0' in metrics
