@@ -1,0 +1,67 @@
+"""Overload is refused early and in a way exporters retry: HTTP 503 + Retry-After before the
+body is read, gRPC RESOURCE_EXHAUSTED with RetryInfo."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import httpx
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agentwatch.schemas import store
+from tests.crash_sender import request_body
+from tests.helpers import fresh_database, start_receiver, wait_for
+
+
+def test_a_busy_receiver_refuses_before_reading_the_body(dsn, database):
+    receiver = start_receiver(dsn, database, max_converting_bytes=1, grpc_port=None)
+    slow = socket.create_connection(("127.0.0.1", receiver.http_port))
+    try:
+        # An exporter on a slow link: the headers and half of the body are in.
+        body = request_body(1, 20, 256)
+        slow.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+        wait_for(lambda: receiver._converting_bytes > 0)
+        refused = httpx.post(f"http://127.0.0.1:{receiver.http_port}/v1/traces", content=request_body(2, 20, 256),
+                             headers={"Content-Type": "application/x-protobuf"})
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert status_pb2.Status.FromString(refused.content).message.startswith("receiver is busy")
+        assert httpx.get(f"http://127.0.0.1:{receiver.http_port}/healthz").status_code == 200
+
+        slow.sendall(body[len(body) // 2:])  # the slow request completes and is accepted
+        assert b" 200 OK" in slow.recv(4096)
+        accepted = httpx.post(f"http://127.0.0.1:{receiver.http_port}/v1/traces", content=request_body(3, 20, 256),
+                              headers={"Content-Type": "application/x-protobuf"})
+        assert accepted.status_code == 200
+    finally:
+        slow.close()
+        receiver.stop()
+
+
+def test_grpc_overload_is_resource_exhausted_with_retry_info(dsn):
+    name = fresh_database(dsn, "t_receiver_grpc_overload")
+    client = store.connect(dsn, name)
+    receiver = start_receiver(dsn, name, max_queue_bytes=1)
+    client.command("RENAME TABLE otel_traces TO otel_traces_away")  # inserts fail: the queue stays full
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}") as channel:
+            export = trace_service_pb2_grpc.TraceServiceStub(channel).Export
+            export(ExportTraceServiceRequest.FromString(request_body(4, 5, 64)), timeout=30)
+            try:
+                export(ExportTraceServiceRequest.FromString(request_body(5, 5, 64)), timeout=30)
+                raise AssertionError("a full queue accepted the request")
+            except grpc.RpcError as refused:
+                assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                details = dict(refused.trailing_metadata())["grpc-status-details-bin"]
+                retry = error_details_pb2.RetryInfo()
+                assert status_pb2.Status.FromString(details).details[0].Unpack(retry)
+                assert retry.retry_delay.seconds == 1
+    finally:
+        client.command("RENAME TABLE otel_traces_away TO otel_traces")
+        assert receiver.flush(30)
+        receiver.stop()
+    assert client.query("SELECT count() FROM otel_traces").result_rows == [(5,)]
