@@ -3,12 +3,14 @@ interrupted half-way is completed without storing anything twice."""
 
 from __future__ import annotations
 
+import pytest
+
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
 from agentwatch.collector.receiver import otlp
-from agentwatch.collector.receiver.spool import Spool
+from agentwatch.collector.receiver.spool import Spool, SpoolError
 from agentwatch.collector.receiver.writer import BatchWriter, _join
 from agentwatch.schemas import store
 from tests.crash_sender import request_body, trace_id
@@ -41,6 +43,17 @@ def test_uncommitted_requests_come_back_in_order_and_a_torn_tail_is_cut(tmp_path
     assert recovered.records[0].blocks == _blocks(2)
     assert recovered.begun is None
     assert recovered.torn_bytes == 15
+
+
+def test_a_spool_serves_one_receiver(tmp_path):
+    first = Spool(tmp_path)
+    first.open()
+    with pytest.raises(SpoolError, match="in use by another receiver"):
+        Spool(tmp_path).open()
+    first.close()
+    second = Spool(tmp_path)
+    second.open()
+    second.close()
 
 
 def test_a_retried_request_is_recognised_after_a_restart_and_after_its_segment_is_gone(tmp_path):

@@ -27,6 +27,7 @@ append log with replay.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -142,12 +143,21 @@ class Spool:
         self._lock = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._lock_file = None
         self.on_durable: Callable[[list[Record]], None] = lambda records: None
 
     # --- start and recovery -----------------------------------------------------
 
     def open(self) -> Recovered:
         self.directory.mkdir(parents=True, exist_ok=True)
+        # One receiver per spool: a second one would interleave its records.
+        self._lock_file = open(self.directory / "LOCK", "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise SpoolError(f"spool {self.directory} is in use by another receiver; "
+                             "give each receiver its own AGENTWATCH_SPOOL_DIR") from None
         id_file = self.directory / "ID"
         if not id_file.exists():
             _write_atomically(id_file, uuid.uuid4().hex.encode())
@@ -341,6 +351,9 @@ class Spool:
         if self._active is not None:
             self._active.close()
             self._active = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     @property
     def segments(self) -> int:

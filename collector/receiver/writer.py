@@ -144,7 +144,7 @@ class BatchWriter:
         first, last = batch[0].seq, batch[-1].seq
         token = self._spool.token(first, last) if self._spool else None
         if self._spool:
-            self._spool.begin(first, last)
+            _until_done(lambda: self._spool.begin(first, last), "record the batch in the spool")
         tables: dict[str, list[tuple[Record, bytes, int]]] = {}
         for record in batch:
             for table, body, rows in record.blocks:
@@ -152,7 +152,7 @@ class BatchWriter:
         for table, parts in tables.items():
             self._insert_table(table, parts, token)
         if self._spool:
-            self._spool.commit(last)
+            _until_done(lambda: self._spool.commit(last), "mark the batch written in the spool")
         self._done(batch)
 
     def _insert_table(self, table: str, parts: list[tuple[Record, bytes, int]], token: str | None) -> None:
@@ -221,6 +221,18 @@ class BatchWriter:
             self._thread.join(timeout_s)
         if self._client is not None:
             self._client.close()
+
+
+def _until_done(step: Callable[[], None], what: str) -> None:
+    """Retry a spool step (a full or failing disk) until it succeeds: the batch keeps its place."""
+    delay = 0.1
+    while True:
+        try:
+            return step()
+        except OSError as error:
+            log.error("cannot %s, retrying in %.1fs: %s", what, delay, error)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _join(bodies: list[bytes]) -> bytes:
