@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from agentwatch.collector.receiver.pricing import reference_cost
+from agentwatch.collector.sdk import instrumentors
 
 PROMPT = "Summarise the incident report for ticket 4711."
 ANSWER = "The nightly job retried 40 times against a revoked token."
@@ -44,6 +45,13 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+@pytest.fixture(autouse=True)
+def no_instrumentation_of_agentwatch():
+    """These tests instrument the client themselves: an earlier `agentwatch.init` in this process
+    must not hold the client instrumented (its instrumentor would then refuse to instrument again)."""
+    instrumentors.uninstrument()
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from agentwatch.schemas.attributes import (
     TENANT_ID,
 )
 
+from . import model_output
 from .capture import Arguments, input_messages_json, joined, output_messages_json, set_content, to_json, to_text
 from .settings import AGENT_PARENT_ID, INPUT, OUTPUT, SCOPE_KEY, Scope, current_scope, now, settings, warn_once
 
@@ -120,7 +121,8 @@ class _Instrumentation:
                 warn_once("arguments", "agentwatch could not capture arguments")
         return call
 
-    def _finish(self, call: _Call, token: object | None, output: Any = None) -> None:
+    def _finish(self, call: _Call, token: object | None, output: Any = None) -> Any:
+        """End the call's span; returns what the caller gets back (`output`, or a stream wrapping it)."""
         if token is not None:
             otel_context.detach(token)
         if call.capture and output is not None:
@@ -129,6 +131,7 @@ class _Instrumentation:
             except Exception:
                 warn_once("output", "agentwatch could not capture a return value")
         self._end(call)
+        return output
 
     def _fail(self, call: _Call, token: object | None, exc: BaseException, output: Any = None) -> None:
         if token is not None:
@@ -186,8 +189,7 @@ class _Instrumentation:
             except BaseException as exc:
                 self._fail(call, token, exc)
                 raise
-            self._finish(call, token, result)
-            return result
+            return self._finish(call, token, result)
 
         return wrapper
 
@@ -203,8 +205,7 @@ class _Instrumentation:
             except BaseException as exc:
                 self._fail(call, token, exc)
                 raise
-            self._finish(call, token, result)
-            return result
+            return self._finish(call, token, result)
 
         return wrapper
 
@@ -406,6 +407,15 @@ class _ModelCall(_Instrumentation):
     def capture_input(self, span: trace.Span, arguments: dict) -> None:
         if "messages" in arguments:
             set_content(span, GEN_AI_INPUT_MESSAGES, arguments["messages"], input_messages_json)
+
+    def _finish(self, call: _Call, token: object | None, output: Any = None) -> Any:
+        # Usage, model and output messages from a known client's response (model_output.py);
+        # a returned stream keeps the span open until it is consumed.
+        if output is not None and call.span.is_recording():
+            measured = model_output.finish(self, call, token, output)
+            if measured is not None:
+                return measured
+        return super()._finish(call, token, output)
 
     def capture_output(self, span: trace.Span, value: Any) -> None:
         # The SDK's public `attributes` copies the mapping on every read; its

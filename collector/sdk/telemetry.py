@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from agentwatch.schemas.attributes import GEN_AI_AGENT_ID, GEN_AI_AGENT_NAME, GEN_AI_OPERATION_NAME, TENANT_ID
 
+from . import instrumentors
+from .folding import ModelSpanFolder
 from .gpu import GpuSampler
 from .settings import AGENT_PARENT_ID, TRACER_NAME, current_scope, settings, warn_once
 
@@ -70,7 +72,7 @@ class DropCountingBatchSpanProcessor(BatchSpanProcessor):
     blocking the caller, and only logs it; we add the count, read from that queue.
     """
 
-    def __init__(self, span_exporter: SpanExporter, max_queue_size: int) -> None:
+    def __init__(self, span_exporter: SpanExporter, max_queue_size: int, folder: ModelSpanFolder | None = None) -> None:
         # The SDK's 5 s default delay would be most of the time from a span's end to an alert;
         # OTEL_BSP_SCHEDULE_DELAY, when set, still wins.
         delay_ms = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else EXPORT_DELAY_MS
@@ -81,10 +83,13 @@ class DropCountingBatchSpanProcessor(BatchSpanProcessor):
             max_export_batch_size=min(MAX_EXPORT_BATCH_SIZE, max_queue_size),
         )
         self.dropped_spans = 0
+        self.folder = folder  # model spans it folded into their parent are not exported
         self._drop_lock = threading.Lock()
         self._queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if self.folder is not None and self.folder.folded(span):
+            return
         queue = self._queue
         if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
             with self._drop_lock:
@@ -106,6 +111,8 @@ class Telemetry:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.gpu_sampler: GpuSampler | None = None
+        self.instrumented: dict[str, str] = {}  # client -> the instrumentation init enabled for it
+        self.folder: ModelSpanFolder | None = None
         self._batch_processors = batch_processors
         self._owns_tracer_provider = owns_tracer_provider
         self._owns_meter_provider = owns_meter_provider
@@ -144,6 +151,8 @@ class Telemetry:
     def shutdown(self) -> None:
         """Stop the GPU sampler, export what is queued and release the exporters."""
         try:
+            if settings.telemetry is self:  # the instrumentations record into the last init's provider
+                instrumentors.detach()
             if self.gpu_sampler is not None:
                 self.gpu_sampler.stop()
             if self._owns_tracer_provider:
@@ -209,6 +218,7 @@ def init(
     gpu_interval: float | None = 10.0,
     max_queue_size: int = 8192,
     clock: Callable[[], int] | None = None,
+    instrument: Any = None,
 ) -> Telemetry:
     """Set up OpenTelemetry for this agent process and make the decorators record into it.
 
@@ -217,6 +227,10 @@ def init(
     tracer_provider: join a provider the app already has; an exporter is added
     to it only when `endpoint` is given. The global providers are set only when
     none was set yet. The last `init` is the one the decorators use.
+    instrument: the GenAI client and framework instrumentations to enable (see
+    instrumentors.py): every one installed by default (env AGENTWATCH_INSTRUMENT),
+    False for none, a list of clients, or {client: "opentelemetry" | "openllmetry"
+    | "openinference" | False}. Their content capture follows `capture_content`.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
@@ -248,13 +262,17 @@ def init(
         )
         tracer_provider = TracerProvider(resource=resource, span_limits=limits)
 
+    choice = instrumentors.wanted(instrument)  # a bad `instrument` raises before anything is set up
     batch_processors = []
     metric_exporter = None
+    # Folding needs our own exporter, to leave the folded span out (see folding.py).
+    folder = ModelSpanFolder(fold=exporting)
     if exporting:
         span_exporter, metric_exporter = _exporters(protocol, endpoint, headers)
-        batch_processors.append(DropCountingBatchSpanProcessor(span_exporter, max_queue_size))
+        batch_processors.append(DropCountingBatchSpanProcessor(span_exporter, max_queue_size, folder))
     if hasattr(tracer_provider, "add_span_processor"):
         tracer_provider.add_span_processor(AgentScopeSpanProcessor(tenant if joining else None))
+        tracer_provider.add_span_processor(folder)  # before the exporter: it decides what is left out
         for processor in batch_processors:
             tracer_provider.add_span_processor(processor)
     else:
@@ -279,6 +297,7 @@ def init(
         owns_tracer_provider=not joining,
         owns_meter_provider=metric_exporter is not None,
     )
+    telemetry.folder = folder
     if gpu_interval:
         sampler = GpuSampler(meter_provider, gpu_interval)
         if sampler.start():
@@ -289,6 +308,11 @@ def init(
     settings.redact = redact
     settings.clock = clock
     settings.telemetry = telemetry
+    instrumentors.match_content_capture(settings.capture_content)
+    try:
+        telemetry.instrumented = instrumentors.instrument(choice, tracer_provider)
+    except Exception:
+        warn_once("instrument", "agentwatch could not enable the GenAI instrumentations")
     return telemetry
 
 
