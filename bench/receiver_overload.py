@@ -40,8 +40,8 @@ from tests.receiver_process import ReceiverProcess, free_port, stored_spans  # n
 PLACEHOLDER = 0  # request number whose trace id is patched into each copy of the template
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its descendants (Linux /proc)."""
+def rss_bytes(pid: int, descendants: bool = True) -> int:
+    """Resident memory of a process and (by default) its descendants (Linux /proc)."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
@@ -49,7 +49,7 @@ def rss_bytes(pid: int) -> int:
             for line in open(f"/proc/{current}/status"):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
-            for task in os.listdir(f"/proc/{current}/task"):
+            for task in os.listdir(f"/proc/{current}/task") if descendants else ():
                 pending.extend(int(c) for c in open(f"/proc/{current}/task/{task}/children").read().split())
         except OSError:
             continue
@@ -147,6 +147,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/v1/traces"
     requests = Requests(args.spans_per_request, args.payload_bytes)
     idle_rss = rss_bytes(receiver.process.pid)
+    idle_main = rss_bytes(receiver.process.pid, descendants=False)
 
     capacity_acknowledged: set[int] = set()
     started = time.monotonic()
@@ -155,7 +156,7 @@ def main() -> None:
         time.sleep(0.05)
     capacity = len(capacity_acknowledged) * args.spans_per_request / (time.monotonic() - started)
 
-    peak = {"rss": 0}
+    peak = {"rss": 0, "main": 0}
     probes: list[float] = []
     probe_failures = {"count": 0}
     overloaded = threading.Event()
@@ -163,6 +164,7 @@ def main() -> None:
     def watch():
         while not overloaded.is_set():
             peak["rss"] = max(peak["rss"], rss_bytes(receiver.process.pid))
+            peak["main"] = max(peak["main"], rss_bytes(receiver.process.pid, descendants=False))
             began = time.perf_counter()
             try:
                 health(port)
@@ -206,7 +208,9 @@ def main() -> None:
         "acknowledged_requests_missing_or_duplicated": missing,
         "given_up_requests_partly_stored": partial,
         "rss_idle_mb": round(idle_rss / 2**20),
+        "rss_idle_main_process_mb": round(idle_main / 2**20),
         "rss_peak_mb": round(peak["rss"] / 2**20),
+        "rss_peak_main_process_mb": round(peak["main"] / 2**20),
         "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb},
         "healthz_ms": {"p50": round(statistics.median(probes) * 1000, 1),
                        "p99": round(statistics.quantiles(probes, n=100)[98] * 1000, 1),
