@@ -56,6 +56,7 @@ import aiohttp
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from agentwatch.detectors.lease import Lease
 from agentwatch.detectors.sinks import (
     PAGERDUTY_EVENTS_URL,
     Anomaly,
@@ -107,6 +108,8 @@ class AlertConfig:
     overlap_s: float = 5.0  # AGENTWATCH_ALERT_OVERLAP_S: re-read this much before the checkpoint (late commits)
     batch_rows: int = 10_000  # AGENTWATCH_ALERT_BATCH_ROWS: anomaly versions read per query
     state_retention_s: float = 86400.0  # AGENTWATCH_ALERT_STATE_RETENTION_S: keep finished anomalies this long
+    # AGENTWATCH_ALERT_LEASE_TTL_S: one dispatcher sends, however many run; a dead one is replaced this fast
+    lease_ttl_s: float = 10.0
 
     def __post_init__(self):
         self.webhook_urls = _split(self.webhook_urls)
@@ -303,8 +306,9 @@ class AlertDispatcher:
     """
 
     def __init__(self, connect: Callable[[], Client], config: AlertConfig | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, holder: str | None = None):
         self._connect = connect
+        self._lease = Lease(None, DETECTOR, holder, (config or AlertConfig()).lease_ttl_s)
         self.config = config or AlertConfig.from_env()
         self.sinks = self.config.sinks()
         self._clock = clock  # grouping windows and retention (tests move it); the log uses the wall clock
@@ -354,6 +358,11 @@ class AlertDispatcher:
             self._loop.close()
             self._loop = None
             self._limits = {}
+        if self._lease.epoch and self._client is not None:
+            try:
+                self._lease.release()
+            except Exception:
+                log.exception("alerts: could not release the lease; a standby takes over when it expires")
         self._reset_store()
 
     # loop ------------------------------------------------------------------------------------
@@ -416,8 +425,21 @@ class AlertDispatcher:
             self._client = self._connect()
         return self._client
 
+    @property
+    def active(self) -> bool:
+        """Whether this dispatcher held the lease at its last cycle (it is the one sending)."""
+        return bool(self._lease.epoch)
+
     async def _cycle(self, wait: bool) -> int:
-        self._store()
+        self._lease.client = self._store()
+        taken_over = self._lease.acquired
+        if not self._lease.hold():
+            if self._state is not None:
+                log.info("alerts: another dispatcher holds the lease; standing by")
+                self._state = None  # reloaded from the store if this one takes over
+            return 0
+        if self._lease.acquired != taken_over:
+            self._state = None  # start from the checkpoint the previous holder saved
         if self._state is None:
             self._state = self._load_state()
         state = self._state

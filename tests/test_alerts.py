@@ -73,7 +73,7 @@ def hooks():
 @pytest.fixture
 def db(database, client):
     """The module's database, emptied: the dispatcher's checkpoint and log start empty."""
-    for table in ("anomalies", "detector_state", "alert_deliveries"):
+    for table in ("anomalies", "detector_state", "alert_deliveries", "leases"):
         client.command(f"TRUNCATE TABLE {table}")
     return database, client
 
@@ -396,7 +396,9 @@ def test_a_restarted_dispatcher_does_not_resend(dsn, db, hooks):
     write(db, "6" * 32, severity="critical")
     assert again.run_once() == 3
     again.close()
-    assert dispatcher(dsn, db, cfg).run_once() == 0
+    third = dispatcher(dsn, db, cfg)
+    assert third.run_once() == 0
+    third.close()
 
     # A crash after sending but before the checkpoint was saved: alert_deliveries says what went out.
     crashing = dispatcher(dsn, db, cfg)
@@ -405,6 +407,7 @@ def test_a_restarted_dispatcher_does_not_resend(dsn, db, hooks):
     write(db, "8" * 32, severity="warning", tenant="hooli")
     assert crashing.run_once() == 6
     sent = len(hooks.requests)
+    crashing._lease.release()  # stands for its lease running out: a dead process renews nothing
     recovered = dispatcher(dsn, db, cfg)
     assert recovered.run_once() == 0 and len(hooks.requests) == sent
     events = [(b["anomaly_id"][0], b["event"]) for b in hooks.bodies("/hook")]
@@ -419,6 +422,7 @@ def test_a_sink_that_already_has_an_event_is_not_sent_it_again(dsn, db, hooks):
     crashing.sinks = [s for s in crashing.sinks if s.name == "webhook"]  # it died before PagerDuty
     write(db, "c" * 32)
     assert crashing.run_once() == 1
+    crashing._lease.release()  # stands for its lease running out
     recovered = dispatcher(dsn, db, cfg)
     assert recovered.run_once() == 1
     assert len(hooks.bodies("/hook")) == 1 and len(hooks.bodies("/pd/v2/enqueue")) == 1
