@@ -100,6 +100,27 @@ def detect(dsn: str, database: str, config: DetectorConfig, batch_rows: int = 50
             "all_rows": status["rows"], "audit": audit}
 
 
+def tree_timing(dsn: str, database: str) -> list[dict]:
+    """For each trace anomaly (fanout, loop): event-time seconds from the trace's first span to the end
+    of the span that raised it, and from then to the end of the root span (stock instrumentations
+    export the root last: a positive lead means the tree was raised while still open)."""
+    client = store.connect(dsn, database)
+    rows = client.query("""
+        SELECT a.Kind, a.Tenant, a.TraceId,
+               min(toUnixTimestamp64Nano(t.Timestamp)),
+               anyIf(toUnixTimestamp64Nano(t.Timestamp) + t.Duration, t.SpanId = a.RaisedBy),
+               anyIf(toUnixTimestamp64Nano(t.Timestamp) + t.Duration, t.ParentSpanId = '')
+        FROM (SELECT Kind, Tenant, TraceId, JSONExtractString(Evidence, 'raised_by', 'span_id') AS RaisedBy
+              FROM anomalies FINAL WHERE Kind IN ('fanout', 'loop')) AS a
+        INNER JOIN otel_traces AS t ON t.TraceId = a.TraceId
+        GROUP BY a.Kind, a.Tenant, a.TraceId, a.RaisedBy""").result_rows
+    client.close()
+    return [{"kind": kind, "tenant": tenant, "trace_id": trace,
+             "raised_after_first_span_s": round((raised - first) / NS, 1),
+             "root_ended_after_raise_s": round((root - raised) / NS, 1)}
+            for kind, tenant, trace, first, raised, root in rows if raised]
+
+
 def rails_config(rails: str) -> DetectorConfig:
     config = DetectorConfig.from_env()
     return config if rails == "on" else config.without_hard_limits()
@@ -139,6 +160,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
         for rails in rails_modes:
             all_rows, all_labels, throughput, normal = [], [], [], {"spans": 0, "anomalies": {}, "summaries": []}
+            timing: list[dict] = []
             for seed, kind, database, fleet in fleets:
                 result = detect(dsn, database, rails_config(rails), args.batch_rows)
                 throughput.append({"run": database, "spans": result["span_rows"], "rows": result["all_rows"],
@@ -146,6 +168,7 @@ def main() -> None:
                                    "spans_per_s": round(result["span_rows"] / max(result["seconds"], 1e-9)),
                                    "audit": result["audit"]})
                 if kind == "incidents":  # anomalies and labels of different seeds never match each other
+                    timing += [{"seed": seed, **t} for t in tree_timing(dsn, database)]
                     all_rows += result["rows"]
                     all_labels += result["labels"]
                 else:
@@ -164,6 +187,7 @@ def main() -> None:
                                 "per_million_spans": round(total / max(normal["spans"], 1) * 1e6, 2),
                                 "summaries": normal["summaries"][:40]},
                 "throughput": throughput,
+                "trace_anomalies_timing": timing,
             }
             print(f"{family} rails {rails}: " + ", ".join(
                 f"{k} {v['recall']}/{v['precision']}" for k, v in report.per_kind.items())
