@@ -1,8 +1,13 @@
 """A model provider on loopback: OpenAI, Anthropic and Gemini (google-genai) APIs, answering in
-each provider's documented response format, whole or streamed (server-sent events).
+each provider's documented response format, whole or streamed (server-sent events), and Amazon
+Bedrock's Converse API (whole).
 
 The client libraries call it through their own HTTP clients, with base_url set to it. The answer
 and the usage are fixed per provider (USAGE), so a test knows what every layer must record.
+
+An agent loop: an OpenAI chat request that offers tools and carries no tool result yet is
+answered with a call of its first tool (TOOL_ARGUMENTS, TOOL_CALL_USAGE); once the conversation
+holds the tool's result, with the final ANSWER.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ OPENAI_RESPONSES_USAGE = {"input_tokens": 1200, "output_tokens": 300, "total_tok
                           "output_tokens_details": {"reasoning_tokens": 120}}
 ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 300, "cache_creation_input_tokens": 0,
                    "output_tokens": 250}
+# The tool-calling turn of an agent loop, counted apart from the final answer's turn.
+TOOL_CALL_USAGE = {"prompt_tokens": 800, "completion_tokens": 40, "total_tokens": 840,
+                   "prompt_tokens_details": {"cached_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0}}
+TOOL_ARGUMENTS = {"ticket_id": 4711}
+BEDROCK_USAGE = {"inputTokens": 1100, "outputTokens": 260, "totalTokens": 1660, "cacheReadInputTokens": 300,
+                 "cacheWriteInputTokens": 0}
 GEMINI_USAGE = {"promptTokenCount": 1000, "cachedContentTokenCount": 400, "candidatesTokenCount": 200,
                 "thoughtsTokenCount": 50, "totalTokenCount": 1250}
 
@@ -49,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._openai_responses(body)
         elif path.endswith("/messages"):
             self._anthropic(body)
+        elif path.startswith("/model/") and path.endswith("/converse"):
+            self._bedrock_converse()
         elif ":generateContent" in path or ":streamGenerateContent" in path:
             self._gemini(path.rsplit("/", 1)[-1].split(":", 1)[0], ":streamGenerateContent" in path)
         else:
@@ -79,6 +93,10 @@ class _Handler(BaseHTTPRequestHandler):
     # --- OpenAI ---------------------------------------------------------------------------------
     def _openai_chat(self, request: dict) -> None:
         model = request["model"]
+        tools = request.get("tools") or []
+        if tools and not any(m.get("role") == "tool" for m in request.get("messages", [])):
+            self._openai_tool_call(model, tools[0]["function"]["name"], request)
+            return
         if not request.get("stream"):
             self._send_json({
                 "id": "chatcmpl-aw1", "object": "chat.completion", "created": 1732400000, "model": model,
@@ -95,6 +113,32 @@ class _Handler(BaseHTTPRequestHandler):
         events.append((None, json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})))
         if (request.get("stream_options") or {}).get("include_usage"):
             events.append((None, json.dumps({**base, "choices": [], "usage": OPENAI_USAGE})))
+        events.append((None, "[DONE]"))
+        self._send_events(events)
+
+    def _openai_tool_call(self, model: str, tool: str, request: dict) -> None:
+        call = {"id": "call_aw1", "type": "function",
+                "function": {"name": tool, "arguments": json.dumps(TOOL_ARGUMENTS)}}
+        if not request.get("stream"):
+            self._send_json({
+                "id": "chatcmpl-aw0", "object": "chat.completion", "created": 1732400000, "model": model,
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                             "message": {"role": "assistant", "content": None, "refusal": None,
+                                         "tool_calls": [call]}}],
+                "usage": TOOL_CALL_USAGE,
+            })
+            return
+        base = {"id": "chatcmpl-aw0", "object": "chat.completion.chunk", "created": 1732400000, "model": model}
+        arguments = call["function"]["arguments"]
+        events = [(None, json.dumps({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, **call, "function": {"name": tool, "arguments": ""}}]}}]}))]
+        events += [(None, json.dumps({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}}]})) for piece in _chunks(arguments, 5)]
+        events.append((None, json.dumps({**base, "choices": [
+            {"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})))
+        if (request.get("stream_options") or {}).get("include_usage"):
+            events.append((None, json.dumps({**base, "choices": [], "usage": TOOL_CALL_USAGE})))
         events.append((None, "[DONE]"))
         self._send_events(events)
 
@@ -152,6 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
             ("message_stop", {"type": "message_stop"}),
         ]
         self._send_events([(name, json.dumps(data)) for name, data in events])
+
+    # --- Amazon Bedrock -------------------------------------------------------------------------
+    def _bedrock_converse(self) -> None:
+        self._send_json({
+            "output": {"message": {"role": "assistant", "content": [{"text": ANSWER}]}},
+            "stopReason": "end_turn", "usage": BEDROCK_USAGE, "metrics": {"latencyMs": 120},
+        })
 
     # --- Gemini ---------------------------------------------------------------------------------
     def _gemini(self, model: str, stream: bool) -> None:

@@ -8,7 +8,8 @@ gets exactly one, in CLIENTS' order of preference: the client library's own
 tracing where it has it (recent `anthropic` releases), else OpenTelemetry's own
 GenAI instrumentation (it writes the GenAI semantic conventions as released),
 then OpenLLMetry's (GenAI names, messages as `gen_ai.*.messages`), then
-OpenInference's. Two on one client would record every call twice.
+OpenInference's; for Bedrock and LangChain another order records more (their
+entries say why). Two on one client would record every call twice.
 
     init(instrument=True)                          every client installed (the default)
     init(instrument=False)                         none
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NamedTuple
 
-from .forwarding import forwarding
+from .forwarding import forwarding, provider_for, retire
 from .settings import logger, warn_once
 
 GROUP = "opentelemetry_instrumentor"
@@ -64,9 +65,11 @@ CLIENTS: dict[str, tuple[Choice, ...]] = {
         Choice(OPENTELEMETRY, "opentelemetry-instrumentation-google-genai"),
         Choice(OPENINFERENCE, "openinference-instrumentation-google-genai"),
     ),
-    "bedrock": (  # botocore's instrumentation covers Bedrock's Converse / InvokeModel
-        Choice(OPENTELEMETRY, "opentelemetry-instrumentation-botocore"),
+    "bedrock": (
+        # OpenLLMetry's first: it puts the messages on the span and instruments Bedrock alone;
+        # botocore's (0.66) logs the messages apart, and traces every AWS call the agent makes.
         Choice(OPENLLMETRY, "opentelemetry-instrumentation-bedrock"),
+        Choice(OPENTELEMETRY, "opentelemetry-instrumentation-botocore"),
         Choice(OPENINFERENCE, "openinference-instrumentation-bedrock"),
     ),
     "vertexai": (
@@ -74,8 +77,10 @@ CLIENTS: dict[str, tuple[Choice, ...]] = {
         Choice(OPENINFERENCE, "openinference-instrumentation-vertexai"),
     ),
     "langchain": (  # LangChain and LangGraph
-        Choice(OPENLLMETRY, "opentelemetry-instrumentation-langchain"),
+        # OpenInference's first: it needs only langchain-core (OpenLLMetry's 0.62 asks for the
+        # `langchain` distribution), reports every kind of token and a tool's arguments as they are.
         Choice(OPENINFERENCE, "openinference-instrumentation-langchain"),
+        Choice(OPENLLMETRY, "opentelemetry-instrumentation-langchain"),
     ),
     "llama-index": (
         Choice(OPENLLMETRY, "opentelemetry-instrumentation-llamaindex"),
@@ -91,11 +96,17 @@ CLIENTS: dict[str, tuple[Choice, ...]] = {
     ),
 }
 
+# Agent frameworks: their model spans wrap the call a client's instrumentation records again.
+FRAMEWORKS = frozenset({"langchain", "llama-index", "crewai", "openai-agents"})
+
 _OFF = ("0", "false", "no", "off", "none", "")
 
 # What agentwatch instrumented, once per process: client -> (choice, instrumentor). A later
 # `init` redirects their spans to its provider (forwarding.py) rather than re-applying them.
 _ours: dict[str, tuple[Choice, Any]] = {}
+# Those a later `init` switched off: silenced, not removed (some removals leave wrappers or
+# trace processors behind, that a second `instrument` would double); switched back on as they are.
+_idle: dict[str, tuple[Choice, Any]] = {}  # distribution -> (choice, instrumentor)
 _switched_off: set[str] = set()  # client libraries' own tracing, switched off by us
 
 
@@ -153,15 +164,16 @@ def _from_env(value: str | None) -> Any:
     return choice
 
 
-def _installed() -> dict[str, EntryPoint]:
-    """distribution name -> its instrumentor entry point, for the distributions in CLIENTS."""
+def _installed() -> dict[str, list[EntryPoint]]:
+    """distribution name -> its instrumentor entry points, for the distributions in CLIENTS (one
+    distribution may have several: botocore's instruments botocore and aiobotocore)."""
     known = {choice.distribution for choices in CLIENTS.values() for choice in choices}
-    found: dict[str, EntryPoint] = {}
+    found: dict[str, list[EntryPoint]] = {}
     for entry_point in entry_points(group=GROUP):
         dist = getattr(entry_point, "dist", None)
         name = _normal(dist.metadata["Name"]) if dist is not None else ""
-        if name in known and name not in found:
-            found[name] = entry_point
+        if name in known and entry_point not in found.get(name, ()):
+            found.setdefault(name, []).append(entry_point)
     return found
 
 
@@ -223,7 +235,9 @@ def instrument(choice: dict[str, str | None], tracer_provider: Any) -> dict[str,
     forwarding.target = tracer_provider
     for client in list(_ours):  # no longer wanted, or another project asked for
         if client not in choice or choice[client] not in (None, _ours[client][0].family):
-            _release(client)
+            candidate, instrumentor = _ours.pop(client)
+            provider_for(candidate.distribution, client in FRAMEWORKS).silenced = True
+            _idle[candidate.distribution] = (candidate, instrumentor)
     if not choice:
         return {}
     try:
@@ -249,21 +263,22 @@ def instrument(choice: dict[str, str | None], tracer_provider: Any) -> dict[str,
             os.environ[switch] = "false"
             _switched_off.add(switch)
         present = [c for c in CLIENTS[client] if c.distribution in installed]
-        if any(_already_instrumented(installed[c.distribution]) for c in present):
+        if any(_already_instrumented(ep) for c in present if c.distribution not in _idle
+               for ep in installed[c.distribution]):
             continue  # the app instrumented this client itself: a second one would record every call twice
         candidates = [c for c in present if family in (None, c.family)]
         for candidate in candidates:
-            entry_point = installed[candidate.distribution]
-            try:
-                if get_dist_dependency_conflicts(entry_point.dist):
-                    continue  # the client library is missing, or at a version this one does not cover
-                instrumentor = entry_point.load()()
-                instrumentor.instrument(tracer_provider=forwarding)
-            except Exception:
-                warn_once("instrument:" + candidate.distribution,
-                          "agentwatch could not enable %s; trying the next for %s", candidate.distribution, client)
-                continue
-            if not getattr(instrumentor, "is_instrumented_by_opentelemetry", True):
+            provider = provider_for(candidate.distribution, client in FRAMEWORKS)
+            instrumentor = None
+            if candidate.distribution in _idle:  # ours, switched off by an earlier init: back on
+                instrumentor = _idle.pop(candidate.distribution)[1]
+            else:
+                for entry_point in installed[candidate.distribution]:
+                    instrumentor = _enable(entry_point, provider, get_dist_dependency_conflicts)
+                    if instrumentor is not None:
+                        break
+            if instrumentor is None:
+                provider.silenced = True
                 continue
             _ours[client] = (candidate, instrumentor)
             done[client] = candidate.distribution
@@ -275,13 +290,31 @@ def instrument(choice: dict[str, str | None], tracer_provider: Any) -> dict[str,
     return done
 
 
+def _enable(entry_point: EntryPoint, provider: Any, conflicts: Any) -> Any:
+    """The entry point's instrumentor, instrumenting; None where the library it covers is missing,
+    or at a version it does not cover, or it failed."""
+    try:
+        if conflicts(entry_point.dist):
+            return None
+        instrumentor = entry_point.load()()
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+        if get_dependency_conflicts(instrumentor.instrumentation_dependencies()):
+            return None
+        instrumentor.instrument(tracer_provider=provider)
+    except Exception:
+        warn_once("instrument:" + entry_point.value, "agentwatch could not enable %s", entry_point.value)
+        return None
+    return instrumentor if getattr(instrumentor, "is_instrumented_by_opentelemetry", True) else None
+
+
 def detach() -> None:
     """The last init shut down: the instrumentations stay in place and record nothing."""
     forwarding.target = None
 
 
-def _release(client: str) -> None:
-    choice, instrumentor = _ours.pop(client)
+def _remove(choice: Choice, instrumentor: Any) -> None:
+    retire(choice.distribution)  # whatever its removal leaves in place records nothing
     try:
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
@@ -292,4 +325,6 @@ def _release(client: str) -> None:
 def uninstrument() -> None:
     """Remove every instrumentation agentwatch applied (for code that instruments clients itself)."""
     for client in list(_ours):
-        _release(client)
+        _remove(*_ours.pop(client))
+    for distribution in list(_idle):
+        _remove(*_idle.pop(distribution))

@@ -1,8 +1,9 @@
 """What `@agentwatch.llm` does with its function's return value.
 
 A known client's response (responses.py) gives the span its usage, model,
-finish reasons and output messages; a stream (streams.py) is handed back
-wrapped, and the span ends once the stream is consumed, with what it carried.
+finish reasons and output messages; a stream, or Anthropic's stream manager
+(streams.py), is handed back wrapped, and the span ends once the stream is
+consumed (the manager's `with` block is left), with what it carried.
 Anything else is captured as before, and `record_usage` stays for it.
 """
 
@@ -21,7 +22,8 @@ def finish(instrumentation: Any, call: Any, token: object | None, output: Any) -
     span then ends when the stream does. None: the caller ends the span as usual."""
     folder = getattr(settings.telemetry, "folder", None)
     try:
-        if streams.is_stream(output):
+        manager = streams.is_stream_manager(output)
+        if manager or streams.is_stream(output):
 
             def done(found: responses.Reading | None, error: BaseException | None) -> None:
                 try:
@@ -34,7 +36,8 @@ def finish(instrumentation: Any, call: Any, token: object | None, output: Any) -
                 else:
                     instrumentation._end(call)
 
-            measured = streams.measure(output, done)
+            measured = streams.MeasuredStreamManager(output, done, call.context) if manager else \
+                streams.measure(output, done)
             if token is not None:
                 otel_context.detach(token)
             return measured

@@ -7,6 +7,11 @@ on the way (text and tool call deltas, the usage in OpenAI's final chunk when
 `stream_options={"include_usage": True}`, Anthropic's message_start and
 message_delta usage, Gemini's last usage_metadata), and the model call's span
 ends when the stream is exhausted, closed, or dropped.
+
+Anthropic's `messages.stream(...)` returns a stream manager, whose request is
+made when its `with` block is entered: it is handed back wrapped too, entered
+in the model call's context, and the span ends with the `with` block, with the
+message the stream accumulated.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+from opentelemetry import context as otel_context
 
 from . import responses as R
 from .settings import warn_once
@@ -289,3 +296,77 @@ def measure(stream: Any, done: Done) -> Any:
     if inspect.isasyncgen(stream) or (hasattr(kind, "__anext__") and not hasattr(kind, "__next__")):
         return AsyncMeasuredStream(stream, done)
     return MeasuredStream(stream, done)
+
+
+def is_stream_manager(value: Any) -> bool:
+    """Anthropic's (Async)MessageStreamManager, or its beta's: `with client.messages.stream(...) as s`."""
+    kind = type(value)
+    return kind.__name__.endswith("MessageStreamManager") and (
+        hasattr(kind, "__enter__") or hasattr(kind, "__aenter__"))
+
+
+class MeasuredStreamManager:
+    """A stream manager, entered in the model call's context; the call ends with its `with` block."""
+
+    def __init__(self, inner: Any, done: Done, context: Any) -> None:
+        self._inner = inner
+        self._done: Done | None = done
+        self._context = context
+        self._stream: Any = None
+
+    def _end(self, error: BaseException | None = None) -> None:
+        done, self._done = self._done, None
+        if done is None:
+            return
+        found = None
+        try:
+            message = getattr(self._stream, "current_message_snapshot", None) if self._stream is not None else None
+            found = R.read(message)
+        except Exception:  # nothing accumulated (the request failed, or no event came)
+            found = None
+        done(found, error)
+
+    def __enter__(self) -> Any:
+        token = otel_context.attach(self._context)  # the request, and its instrumentation's span, inside the call
+        try:
+            self._stream = self._inner.__enter__()
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        return self._stream
+
+    def __exit__(self, exc_type, exc, traceback):
+        try:
+            return self._inner.__exit__(exc_type, exc, traceback)
+        finally:
+            self._end(exc)
+
+    async def __aenter__(self) -> Any:
+        token = otel_context.attach(self._context)
+        try:
+            self._stream = await self._inner.__aenter__()
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        return self._stream
+
+    async def __aexit__(self, exc_type, exc, traceback):
+        try:
+            return await self._inner.__aexit__(exc_type, exc, traceback)
+        finally:
+            self._end(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_inner", "_done", "_context", "_stream"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __del__(self) -> None:  # never entered: the span still ends
+        try:
+            self._end()
+        except Exception:
+            pass

@@ -22,8 +22,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from agentwatch.schemas.attributes import GEN_AI_AGENT_ID, GEN_AI_AGENT_NAME, GEN_AI_OPERATION_NAME, TENANT_ID
 
-from . import instrumentors
-from .folding import ModelSpanFolder
+from . import instrumentors, normalize, redaction
+from .folding import ModelSpanFolder, with_attributes
+from .forwarding import FRAMEWORK_TRACERS
 from .gpu import GpuSampler
 from .settings import AGENT_PARENT_ID, TRACER_NAME, current_scope, settings, warn_once
 
@@ -70,6 +71,8 @@ class DropCountingBatchSpanProcessor(BatchSpanProcessor):
 
     The SDK's queue is a bounded deque that discards on overflow instead of
     blocking the caller, and only logs it; we add the count, read from that queue.
+    What it queues is what the folder leaves (folding.py), instrumentations'
+    spans put right (normalize.py) and their content redacted (redaction.py).
     """
 
     def __init__(self, span_exporter: SpanExporter, max_queue_size: int, folder: ModelSpanFolder | None = None) -> None:
@@ -88,8 +91,21 @@ class DropCountingBatchSpanProcessor(BatchSpanProcessor):
         self._queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self.folder is not None and self.folder.folded(span):
-            return
+        for span in self.folder.take(span) if self.folder is not None else (span,):
+            self._queue_span(span)
+
+    def _queue_span(self, span: ReadableSpan) -> None:
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != TRACER_NAME:  # ours were redacted as they were captured
+            try:
+                attributes = normalize.rewrite(scope, span.attributes)
+                attributes = redaction.rewrite(attributes or span.attributes, settings.redact,
+                                               settings.capture_content) or attributes
+            except Exception:
+                warn_once("redact", "agentwatch could not redact a span; not exported")
+                return
+            if attributes is not None:
+                span = with_attributes(span, attributes)
         queue = self._queue
         if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
             with self._drop_lock:
@@ -266,7 +282,7 @@ def init(
     batch_processors = []
     metric_exporter = None
     # Folding needs our own exporter, to leave the folded span out (see folding.py).
-    folder = ModelSpanFolder(fold=exporting)
+    folder = ModelSpanFolder(fold=exporting, frameworks=FRAMEWORK_TRACERS)
     if exporting:
         span_exporter, metric_exporter = _exporters(protocol, endpoint, headers)
         batch_processors.append(DropCountingBatchSpanProcessor(span_exporter, max_queue_size, folder))
