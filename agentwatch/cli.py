@@ -20,7 +20,7 @@ def _connect_factory(settings: config.Settings):
 
 def _prepare_store(settings: config.Settings):
     client = store.connect(settings.dsn, settings.database)
-    applied = migrate.apply(client)
+    applied = migrate.apply(client, cluster=settings.clickhouse_cluster)
     if applied:
         log.info("schema: applied %s", ", ".join(applied))
     return client
@@ -144,8 +144,13 @@ def cmd_detect(args, settings: config.Settings) -> int:
 
 
 def cmd_schema(args, settings: config.Settings) -> int:
+    """`apply` the migrations to the store, or `render` them as SQL (no store needed)."""
+    cluster = settings.clickhouse_cluster if args.cluster is None else args.cluster
+    if args.action == "render":
+        print(migrate.render(store.database_name(settings.dsn, settings.database), cluster), end="")
+        return 0
     client = store.connect(settings.dsn, settings.database)
-    applied = migrate.apply(client)
+    applied = migrate.apply(client, cluster=cluster)
     print("applied: " + (", ".join(applied) if applied else "nothing (schema is up to date)"))
     return 0
 
@@ -197,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the steps without prompts, reasoning and tool results")
 
     schema = commands.add_parser("schema", help="manage the ClickHouse schema")
-    schema.add_argument("action", choices=["apply"])
+    schema.add_argument("action", choices=["apply", "render"],
+                        help="apply: migrate the store; render: print every statement as SQL for review")
+    schema.add_argument("--cluster", help="render for this ClickHouse cluster: ON CLUSTER, Replicated and "
+                                          "Distributed tables ('' for a single server; default "
+                                          "AGENTWATCH_CLICKHOUSE_CLUSTER)")
 
     keys = commands.add_parser("keys", help="manage receiver API keys (tenant per key)")
     keys_actions = keys.add_subparsers(dest="action", required=True)

@@ -17,6 +17,8 @@ from agentwatch.schemas.store import default_data_dir
 @dataclass
 class Settings:
     clickhouse_dsn: str = ""  # empty: the embedded store under data_dir
+    # A ClickHouse cluster name: migrations render ON CLUSTER with Replicated and Distributed tables.
+    clickhouse_cluster: str = ""
     database: str = "agentwatch"
     data_dir: str = ""
     listen_host: str = "127.0.0.1"
