@@ -69,12 +69,14 @@ class Record:
     def rows(self) -> int:
         return sum(rows for _, _, rows in self.blocks)
 
-    def encode(self) -> bytes:
+    def frame(self) -> list[bytes]:
+        """The record as written: frame header, record header, then its blocks as they are (not copied)."""
         header = orjson.dumps({"seq": self.seq, "digest": self.digest.hex(), "at": self.accepted_at,
                                "blocks": [[table, len(body), rows] for table, body, rows in self.blocks]})
-        body = b"".join(body for _, body, _ in self.blocks)
-        crc = zlib.crc32(body, zlib.crc32(header))
-        return FRAME.pack(MAGIC, len(header), len(body), crc) + header + body
+        crc = zlib.crc32(header)
+        for _, body, _ in self.blocks:
+            crc = zlib.crc32(body, crc)
+        return [FRAME.pack(MAGIC, len(header), self.size, crc), header, *(body for _, body, _ in self.blocks)]
 
 
 @dataclass
@@ -274,9 +276,9 @@ class Spool:
         for record in records:
             if self._active is None or self._active_size >= self.segment_bytes:
                 self._rotate(record.seq)
-            frame = record.encode()
-            self._active.write(frame)
-            self._active_size += len(frame)
+            parts = record.frame()
+            self._active.writelines(parts)
+            self._active_size += sum(len(part) for part in parts)
         self._active.flush()
         os.fdatasync(self._active.fileno())
         if self._metrics:
