@@ -46,7 +46,7 @@ _MTOK = 1_000_000
 def _int(text: str) -> int:
     try:
         return int(float(text)) if text else 0
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or "1e400": no count to price
         return 0
 
 
