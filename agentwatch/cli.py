@@ -174,6 +174,59 @@ def cmd_keys(args, settings: config.Settings) -> int:
     return 0
 
 
+def _decider(args) -> str:
+    import getpass
+
+    try:
+        user = args.by or getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        user = "unknown"
+    return f"cli:{user}"
+
+
+def cmd_halt(args, settings: config.Settings) -> int:
+    """`halt` / `release` a trace, an agent or a whole tenant (the `halts` table; guards poll it)."""
+    from agentwatch.schemas import halts
+
+    scope, target = ("trace", args.trace.lower()) if args.trace else ("agent", args.agent) if args.agent \
+        else ("tenant", args.tenant)
+    if scope == "trace" and (len(target) != 32 or any(c not in "0123456789abcdef" for c in target)):
+        print(f"--trace must be a trace id of 32 hex digits, not {args.trace!r}", file=sys.stderr)
+        return 2
+    what = f"tenant {target}" if scope == "tenant" else f"{scope} {target} of tenant {args.tenant}"
+    client = _prepare_store(settings)
+    if args.command == "halt":
+        calls = "model" if args.model_calls else "all"
+        halts.record(client, [halts.decision(args.tenant, scope, target, "halt", calls=calls, reason=args.reason,
+                                             decided_by=_decider(args))])
+        print(f"halted {'the model calls of ' if calls == 'model' else ''}{what}: "
+              "agents with the guard on stop at their next call")
+        return 0
+    in_force = [d for d in halts.current(client, targets=[(args.tenant, scope, target)]) if d.action == "halt"]
+    if not in_force:
+        print(f"{what} is not halted", file=sys.stderr)
+        return 1
+    halts.record(client, [halts.released(in_force[0], reason=args.reason or "released by a person",
+                                         decided_by=_decider(args))])
+    print(f"released {what}: its agents carry on")
+    return 0
+
+
+def cmd_halts(args, settings: config.Settings) -> int:
+    """The halts in force (or, with --history, the latest decisions)."""
+    from agentwatch.schemas import halts
+
+    client = _prepare_store(settings)
+    rows = halts.history(client, args.tenant) if args.history else halts.open_halts(client, args.tenant)
+    if not rows:
+        print("no decisions" if args.history else "nothing is halted")
+    for d in rows:
+        why = f"{d.kind} {d.anomaly_id}" if d.anomaly_id else d.reason
+        print(f"{d.decided_at}  {d.action:<7} {d.tenant:<16} {d.scope:<6} {d.target:<34} {d.calls:<5} "
+              f"{d.decided_by:<16} {why}")
+    return 0
+
+
 def cmd_demo(args, settings: config.Settings) -> int:
     from agentwatch import demo_command
 
@@ -217,6 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key", help="the key, or its SHA-256 hex digest")
     keys_actions.add_parser("list")
 
+    for name, text in (("halt", "halt a trace, an agent or a whole tenant: agents with the guard on stop"),
+                       ("release", "release a halt: the agents carry on, without a restart")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--tenant", required=True)
+        which = command.add_mutually_exclusive_group(required=True)
+        which.add_argument("--trace", metavar="TRACE_ID", help="one trace (32 hex digits)")
+        which.add_argument("--agent", metavar="AGENT_ID", help="one agent id, wherever it runs")
+        which.add_argument("--all", action="store_true", help="every agent of the tenant")
+        command.add_argument("--reason", required=name == "halt", help="why (kept in the halts table)")
+        command.add_argument("--by", help="who decides (default: the login name)")
+        if name == "halt":
+            command.add_argument("--model-calls", action="store_true",
+                                 help="stop model calls only (tools and agents carry on)")
+    listing = commands.add_parser("halts", help="list the halts in force")
+    listing.add_argument("--tenant")
+    listing.add_argument("--history", action="store_true", help="the latest decisions, releases included")
+
     demo = commands.add_parser("demo", help="simulate a multi-tenant agent fleet with labelled incidents")
     pace = demo.add_mutually_exclusive_group()
     pace.add_argument("--fast-forward", dest="fast_forward", action="store_true", default=True,
@@ -241,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "detect": cmd_detect, "dashboard": cmd_dashboard,
-            "replay": cmd_replay, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo}
+            "replay": cmd_replay, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo,
+            "halt": cmd_halt, "release": cmd_halt, "halts": cmd_halts}
 
 
 def main(argv: list[str] | None = None) -> int:

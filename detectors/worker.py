@@ -16,7 +16,8 @@ One batch (`run_once`):
    from otel_traces; for the credential uses, the parent of the span they
    happened on (to find their agent when the span carries none);
 2. process them one by one (deterministic: see stream.py);
-3. write a row version for every anomaly that changed materially;
+3. write the halts the containment policy decides for them (containment.py),
+   then a row version for every anomaly that changed materially;
 4. checkpoint: positions and the pickled model state in `detector_state`
    (Detector='worker', Shard='k/N'), in one row, after the anomalies.
 
@@ -48,6 +49,7 @@ from clickhouse_connect.driver.client import Client
 from agentwatch.detectors import anomalies as anomaly_store
 from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.config import DetectorConfig
+from agentwatch.detectors.containment import Containment
 from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import SETTINGS as BY_BLOCK
@@ -126,6 +128,7 @@ class DetectorWorker:
         self.shard = (int(k), int(n))
         self.shard_name = f"{k}/{n}"
         self.tails = {table: Tail(table) for table in TABLES}
+        self.containment = Containment()  # the containment policy (AGENTWATCH_CONTAINMENT_POLICY)
         self._client: Client | None = None
         self._state: WorkerState | None = None
         self._pending = False  # batches processed since the last checkpoint
@@ -183,6 +186,7 @@ class DetectorWorker:
                 trace_id, span_id, at_ns, ingested_us = a.raised_by
                 a.evidence["raised_by"] = {"trace_id": trace_id, "span_id": span_id, "at": _utc_ns(at_ns),
                                            "ingested_at": _utc_us(ingested_us)}
+        self.containment.apply(client, changed)  # halts first: in the store as soon as their anomalies are
         written = anomaly_store.write(client, state.book, changed, min_score_step=self.config.update_score_step,
                                       min_last_seen_step_ns=int(self.config.update_last_seen_step_s * 1e9))
         self.stats["last_batch_written"] = len(written)

@@ -147,3 +147,13 @@ def cross_tenant_sql(actor: str = "Tenant", credential: str = "CredentialTenant"
 # Over credential_events' columns; CROSS_TENANT_USE_SQL also requires the row to be a use.
 CROSS_TENANT_SQL = cross_tenant_sql()
 CROSS_TENANT_USE_SQL = f"(Event = 'use' AND {CROSS_TENANT_SQL})"
+
+# --- containment (`halts`) ----------------------------------------------------------------------------
+# A halt stops the calls of a trace, of one agent (everywhere it runs) or of a whole tenant; a release lifts
+# it. The latest decision per (Tenant, Scope, Target) is the one in force. `Calls` says which calls a halt
+# stops: every model call, tool call and agent start ('all'), or model calls only ('model', what a tenant
+# over its budget gets: the money stops, the agents may still finish what costs nothing).
+HALT_SCOPES = ("trace", "agent", "tenant")
+HALT_ACTIONS = ("halt", "release")
+HALT_CALLS = ("all", "model")
+POLICY_DECIDER = "policy"  # `halts.DecidedBy` of the detectors' containment policy; a person's is 'cli:<user>'

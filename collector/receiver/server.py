@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
+import io
 import logging
 import threading
 import zlib
@@ -38,6 +40,7 @@ from agentwatch.collector.receiver import otlp
 from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
 from agentwatch.collector.receiver.spool import Spool, SpoolError
+from agentwatch.collector.receiver.verdicts import Verdicts
 from agentwatch.collector.receiver.writer import BatchWriter, QueueFull
 
 log = logging.getLogger(__name__)
@@ -189,6 +192,7 @@ class Receiver:
             app.router.add_post(f"/v1/{signal}", self._http_handler(signal))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
+        Verdicts(self._connect, self.keys, self.metrics.registry).register(app)  # GET /v1/verdicts (guards)
         # Bodies are inflated here, under the size limit, not by aiohttp.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
@@ -349,16 +353,25 @@ class Receiver:
         if encoding != "gzip":
             raise Rejected(415, grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type",
                            f"Content-Encoding {encoding!r} is not supported (use gzip)")
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        def inflate() -> bytes:
+            # Every member: a body may be several gzip members end to end (RFC 1952),
+            # and reading only the first would drop the rest. At most limit + 1 bytes
+            # come out, however far the body would inflate.
+            with gzip.GzipFile(fileobj=io.BytesIO(body)) as stream:
+                return stream.read(limit + 1)
+
+        if not body:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", "gzip body is empty")
         try:
-            data = inflater.decompress(body, limit + 1)
-        except zlib.error as error:
+            # Off the event loop: a large body takes a while to inflate.
+            data = await asyncio.to_thread(inflate)
+        except EOFError:
+            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", "gzip body is truncated") from None
+        except (OSError, zlib.error) as error:
             raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", f"gzip body is corrupt: {error}") \
                 from None
         if len(data) > limit:
             raise too_large
-        if not inflater.eof:
-            raise Rejected(400, grpc.StatusCode.INVALID_ARGUMENT, "bad_body", "gzip body is truncated")
         return data
 
     def _grpc_handler(self, signal: str):

@@ -3,7 +3,8 @@
 Each works on sync and async functions, generators and async generators (the
 span lives until the stream is exhausted or closed) and methods. Nothing here
 may raise into the user's code: our own work is guarded, the user's exceptions
-pass through unchanged.
+pass through unchanged. The one exception is by design: a model call, tool call
+or agent start under a halt raises `AgentHalted` before it starts (guard.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from agentwatch.schemas.attributes import (
     TENANT_ID,
 )
 
-from . import model_output
+from . import guard, model_output
 from .capture import Arguments, input_messages_json, joined, output_messages_json, set_content, to_json, to_text
 from .settings import AGENT_PARENT_ID, INPUT, OUTPUT, SCOPE_KEY, Scope, current_scope, now, settings, warn_once
 
@@ -69,6 +70,8 @@ class _Instrumentation:
     span_kind = SpanKind.INTERNAL
     operation = ""
     name_from_function = True
+    guarded: str | None = None  # the call the guard checks before the span starts (guard.py)
+    agent_id: str | None = None
 
     def __init__(self, name: str | None, capture: bool | None) -> None:
         self.name = name
@@ -98,8 +101,10 @@ class _Instrumentation:
 
     # --- starting and ending ---------------------------------------------------
     def _start(self, args: tuple, kwargs: dict, arguments: Arguments | None) -> _Call | None:
+        scope = current_scope()
+        if self.guarded is not None:
+            guard.check(self.guarded, scope, self.agent_id)  # a call under a halt raises AgentHalted here
         try:
-            scope = current_scope()
             attributes = dict(self.static_attributes)
             if scope.tenant is not None:
                 attributes[TENANT_ID] = scope.tenant
@@ -341,6 +346,7 @@ class _Instrumentation:
 
 class _Agent(_Instrumentation):
     operation = "invoke_agent"
+    guarded = "agent"
 
     def __init__(self, name: str | None, agent_id: str | None, capture: bool | None) -> None:
         self.agent_id = agent_id
@@ -375,6 +381,7 @@ class _Agent(_Instrumentation):
 
 class _Tool(_Instrumentation):
     operation = "execute_tool"
+    guarded = "tool"
 
     def _describe(self) -> None:
         super()._describe()
@@ -390,6 +397,7 @@ class _Tool(_Instrumentation):
 
 class _ModelCall(_Instrumentation):
     span_kind = SpanKind.CLIENT
+    guarded = "model"
     name_from_function = False  # the span is named after the model, not the function
 
     def __init__(self, model: str | None, provider: str | None, operation: str, capture: bool | None) -> None:

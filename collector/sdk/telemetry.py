@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from agentwatch.schemas.attributes import GEN_AI_AGENT_ID, GEN_AI_AGENT_NAME, GEN_AI_OPERATION_NAME, TENANT_ID
 
+from . import guard as guarding
 from . import instrumentors, normalize, redaction
 from .folding import ModelSpanFolder, with_attributes
 from .forwarding import FRAMEWORK_TRACERS
@@ -129,6 +130,7 @@ class Telemetry:
         self.gpu_sampler: GpuSampler | None = None
         self.instrumented: dict[str, str] = {}  # client -> the instrumentation init enabled for it
         self.folder: ModelSpanFolder | None = None
+        self.guard: guarding.Guard = guarding.Guard(None)  # containment (guard.py): state 'off' until init(guard=)
         self._batch_processors = batch_processors
         self._owns_tracer_provider = owns_tracer_provider
         self._owns_meter_provider = owns_meter_provider
@@ -171,6 +173,8 @@ class Telemetry:
                 instrumentors.detach()
             if self.gpu_sampler is not None:
                 self.gpu_sampler.stop()
+            guarding.deactivate(self.guard)
+            self.guard.stop()
             if self._owns_tracer_provider:
                 self.tracer_provider.shutdown()
             else:
@@ -235,6 +239,8 @@ def init(
     max_queue_size: int = 8192,
     clock: Callable[[], int] | None = None,
     instrument: Any = None,
+    guard: bool | str | None = None,
+    guard_interval: float | None = None,
 ) -> Telemetry:
     """Set up OpenTelemetry for this agent process and make the decorators record into it.
 
@@ -247,6 +253,9 @@ def init(
     instrumentors.py): every one installed by default (env AGENTWATCH_INSTRUMENT),
     False for none, a list of clients, or {client: "opentelemetry" | "openllmetry"
     | "openinference" | False}. Their content capture follows `capture_content`.
+    guard: containment (guard.py), off by default (env AGENTWATCH_GUARD): True polls the receiver at
+    `endpoint` for verdicts every `guard_interval` seconds (env AGENTWATCH_GUARD_INTERVAL, default 1), a
+    URL polls that receiver; a call under a halt then raises `agentwatch.AgentHalted`.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
@@ -279,6 +288,8 @@ def init(
         tracer_provider = TracerProvider(resource=resource, span_limits=limits)
 
     choice = instrumentors.wanted(instrument)  # a bad `instrument` raises before anything is set up
+    verdicts_url = guarding.guard_url(guard, protocol, endpoint)
+    guard_interval_s = guarding.interval_from_env(guard_interval)
     batch_processors = []
     metric_exporter = None
     # Folding needs our own exporter, to leave the folded span out (see folding.py).
@@ -287,6 +298,8 @@ def init(
         span_exporter, metric_exporter = _exporters(protocol, endpoint, headers)
         batch_processors.append(DropCountingBatchSpanProcessor(span_exporter, max_queue_size, folder))
     if hasattr(tracer_provider, "add_span_processor"):
+        if verdicts_url is not None:  # first: a span it halts reaches no other processor
+            tracer_provider.add_span_processor(guarding.GuardSpanProcessor())
         tracer_provider.add_span_processor(AgentScopeSpanProcessor(tenant if joining else None))
         tracer_provider.add_span_processor(folder)  # before the exporter: it decides what is left out
         for processor in batch_processors:
@@ -318,6 +331,12 @@ def init(
         sampler = GpuSampler(meter_provider, gpu_interval)
         if sampler.start():
             telemetry.gpu_sampler = sampler
+
+    if verdicts_url is not None:
+        telemetry.guard = guarding.Guard(verdicts_url, headers, tenant, guard_interval_s)
+        guarding.observe(meter_provider)
+    guarding.activate(telemetry.guard)  # the last init's guard is the one the checks use
+    telemetry.guard.start()
 
     settings.tracer = tracer_provider.get_tracer(TRACER_NAME)
     settings.capture_content = capture_content and _env_flag("AGENTWATCH_CAPTURE_CONTENT", True)
