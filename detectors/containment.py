@@ -295,6 +295,6 @@ def _annotate(a: Anomaly, mine: Mapping[tuple[str, str], Decision]) -> None:
     halted = [describe(d) for d in decided if d.action == "halt"]
     lifted = [describe(d) for d in decided if d.action == "release"]
     if halted:
-        a.summary += f" Contained: halted {', '.join(halted)}."
+        a.summary += f" Halt issued (agents with the guard on stop at their next call): {', '.join(halted)}."
     if lifted:
         a.summary += f" Released: {', '.join(lifted)}."

@@ -253,8 +253,8 @@ def test_the_default_policy_halts_runaways_their_trace_budgets_their_tenant_and_
                              ("agent", "thief-9")}
     assert all(d.decided_by == "policy" and d.reason.startswith(f"policy: {d.kind}") for d in in_force.values())
     # what was halted is in the anomaly, so in its alert
-    assert fanout.summary == f"a fanout anomaly Contained: halted trace {fanout.trace_id}."
-    assert budget.summary.endswith(f"Contained: halted the model calls of tenant {tenant}.")
+    assert fanout.summary == f"a fanout anomaly Halt issued (agents with the guard on stop at their next call): trace {fanout.trace_id}."
+    assert budget.summary.endswith(f"Halt issued (agents with the guard on stop at their next call): the model calls of tenant {tenant}.")
     assert [(c["scope"], c["action"]) for c in crossing.evidence["containment"]] == [("agent", "halt")]
     assert "containment" not in spike.evidence and spike.summary == "a cost_spike anomaly"
 
@@ -271,7 +271,7 @@ def test_a_restarted_worker_decides_nothing_twice_and_respects_a_persons_release
     first.summary, second.summary = "a fanout anomaly", "a loop anomaly"
     assert restarted.apply(client, [first, second]) == []
     assert [d.target for d in halts.open_halts(client, tenant)] == [first.trace_id]
-    assert first.summary.endswith(f"Contained: halted trace {first.trace_id}.")  # told again, from the store
+    assert first.summary.endswith(f"Halt issued (agents with the guard on stop at their next call): trace {first.trace_id}.")  # told again, from the store
     assert second.summary.endswith(f"Released: trace {second.trace_id}.")
 
 
