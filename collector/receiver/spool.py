@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 MAGIC = b"AWS1"
 FRAME = struct.Struct("<4sIQI")  # magic, header length, body length, crc32 of header and body
 DIGEST = struct.Struct("<16sd")  # digest, time accepted
+DURABLE: Future = Future()  # the answer to a retry of a request already on disk
+DURABLE.set_result(None)
 
 
 class SpoolError(OSError):
@@ -140,7 +142,8 @@ class Spool:
         self._segments: list[tuple[int, Path]] = []  # (first seq, path), oldest first
         self._active = None  # open file of the newest segment
         self._active_size = 0
-        self._recent: OrderedDict[bytes, tuple[float, Future]] = OrderedDict()
+        self._recent: OrderedDict[bytes, float] = OrderedDict()  # digest -> accepted at, durable ones
+        self._spooling: dict[bytes, Future] = {}  # digest -> done once durable, for requests being written
         self._pending: list[tuple[Record, Future]] = []
         self._lock = threading.Condition()
         self._closing = False
@@ -211,13 +214,10 @@ class Spool:
 
     # --- accepting requests -----------------------------------------------------
 
-    def _remember(self, digest: bytes, accepted_at: float, now: float, future: Future | None = None) -> None:
+    def _remember(self, digest: bytes, accepted_at: float, now: float) -> None:
         if now - accepted_at > self.dedup_window_s:
             return
-        if future is None:
-            future = Future()
-            future.set_result(None)
-        self._recent[digest] = (accepted_at, future)
+        self._recent[digest] = accepted_at
         self._recent.move_to_end(digest)
 
     def append(self, digest: bytes, blocks: list[tuple[str, bytes, int]]) -> tuple[Future, bool]:
@@ -229,21 +229,25 @@ class Spool:
             if self._closing:
                 raise SpoolError("the spool is closed")
             self._expire(now)
-            seen = self._recent.get(digest)
-            if seen is not None:
-                return seen[1], True
+            if digest in self._spooling:
+                return self._spooling[digest], True
+            if digest in self._recent:
+                return DURABLE, True
             record = Record(self._next_seq, digest, now, blocks)
             self._next_seq += 1
             future: Future = Future()
-            self._remember(digest, now, now, future)
+            self._spooling[digest] = future
             self._pending.append((record, future))
             self._lock.notify()
         return future, False
 
     def _expire(self, now: float) -> None:
+        # Only digests are kept, 16 bytes and a time each: a window of 900 s at
+        # 1,000 requests/s is under 150 MB; a pending request's future is dropped
+        # as soon as the request is durable.
         while self._recent:
-            digest, (accepted_at, future) = next(iter(self._recent.items()))
-            if now - accepted_at <= self.dedup_window_s or not future.done():
+            digest, accepted_at = next(iter(self._recent.items()))
+            if now - accepted_at <= self.dedup_window_s:
                 return
             del self._recent[digest]
 
@@ -261,12 +265,16 @@ class Spool:
                 log.error("spool write failed (%s): %d requests refused", error, len(batch))
                 self._abandon_segment()
                 with self._lock:
-                    for record, future in batch:
-                        self._recent.pop(record.digest, None)
+                    for record, _ in batch:
+                        self._spooling.pop(record.digest, None)
                 for _, future in batch:
                     future.set_exception(SpoolError(str(error)))
                 continue
             records = [record for record, _ in batch]
+            with self._lock:
+                for record in records:
+                    del self._spooling[record.digest]
+                    self._recent[record.digest] = record.accepted_at
             self.on_durable(records)
             for _, future in batch:
                 future.set_result(None)
@@ -334,7 +342,7 @@ class Spool:
             return
         now = time.time()
         with self._lock:
-            kept = [(digest, at) for digest, (at, _) in self._recent.items() if now - at <= self.dedup_window_s]
+            kept = [(digest, at) for digest, at in self._recent.items() if now - at <= self.dedup_window_s]
         # The digest log is rewritten whole from what is still within the
         # window: it holds at most one window of digests, 24 bytes each.
         _write_atomically(self.directory / "digests", b"".join(DIGEST.pack(d, at) for d, at in kept))
