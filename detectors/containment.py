@@ -113,10 +113,10 @@ class Rule:
 
     def describe(self) -> str:
         what = {"trace": "its trace", "agent": "its agent", "tenant": "its tenant"}[self.scope]
-        calls = "model calls of " if self.calls == "model" else ""
+        calls = "the model calls of " if self.calls == "model" else ""
         condition = "".join([f" at {self.min_severity} or above" if self.min_severity else "",
                              f" when {self.when}" if self.when else ""])
-        return f"policy: {self.kind}{condition} halts the {calls}{what}"
+        return f"policy: {self.kind}{condition} halts {calls}{what}"
 
 
 DEFAULT_RULES = (
