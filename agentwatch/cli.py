@@ -8,10 +8,28 @@ import signal
 import sys
 import threading
 
-from agentwatch import config
-from agentwatch.schemas import migrate, store
-
 log = logging.getLogger("agentwatch")
+
+# What `pip install 'agentwatch[server]'` adds to the SDK; the commands need them, an agent does not.
+SERVER_MODULES = ("clickhouse_connect", "chdb", "grpc", "aiohttp",
+                  "prometheus_client", "genai_prices", "river", "sklearn", "streamlit", "altair", "polars",
+                  "pyarrow", "numpy")
+
+
+def _server_dependency(error: ImportError) -> bool:
+    name = getattr(error, "name", None) or ""
+    return any(name == module or name.startswith(module + ".") for module in SERVER_MODULES)
+
+
+try:
+    from agentwatch import config
+    from agentwatch.schemas import migrate, store
+except ImportError as error:  # the SDK alone is installed: main() says what to install
+    if not _server_dependency(error):
+        raise
+    _missing: ImportError | None = error
+else:
+    _missing = None
 
 
 def _connect_factory(settings: config.Settings):
@@ -316,11 +334,20 @@ COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "detect": cmd_detect, "dash
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = config.load(args.config)
-    return COMMANDS[args.command](args, settings)
+    try:
+        if _missing is not None:
+            raise _missing
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        settings = config.load(args.config)
+        return COMMANDS[args.command](args, settings)
+    except ImportError as error:
+        if not _server_dependency(error):
+            raise
+        print(f"agentwatch: the agentwatch command needs the server's dependencies (missing: {error.name});"
+              " install them with: pip install 'agentwatch[server]'", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

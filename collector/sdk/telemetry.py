@@ -204,8 +204,12 @@ def _meter_provider_is_set() -> bool:
 def _exporters(protocol: str, endpoint: str, headers: dict | None) -> tuple[SpanExporter, Any]:
     """The official OTLP exporters; imported here so only the chosen transport is loaded."""
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as error:
+            raise ImportError("protocol='grpc' needs the OTLP gRPC exporter: "
+                              "pip install 'agentwatch[grpc]'") from error
 
         insecure = not endpoint.startswith("https://")
         return (
