@@ -14,7 +14,8 @@ rules below (`render`):
   already on the right shard) and through the Distributed `t` otherwise (re-sharding).
 - `ALTER TABLE t MODIFY SETTING` goes to `t_local`, less the settings in LEFT_OUT; column
   changes go to `t_local` and `t`.
-- `DROP VIEW`, `DROP TABLE` and `CREATE DATABASE` run ON CLUSTER.
+- `DROP VIEW`, `DROP TABLE`, `CREATE DATABASE` and `CREATE DICTIONARY` run ON CLUSTER; a
+  dictionary's source query reads the Distributed tables, so every node holds all of it.
 - `INSERT ... SELECT` (the backfills) runs once, as written, through the Distributed tables.
 
 Any other statement stops the rendering: a new kind of statement needs a rule here, and a
@@ -65,6 +66,11 @@ SHARDING = {
     # Every decision about a tenant's traces, agents and itself on one shard: the latest per target is
     # read there (schemas/halts.py).
     "halts": "cityHash64(Tenant)",
+    # Append-only and read whole, newest first: rows spread over the shards by who acted.
+    "audit_log": "cityHash64(Actor)",
+    # Every version of a price row on one shard (read with FINAL by the price dictionary, through the
+    # Distributed table, so every node's dictionary holds every price).
+    "model_prices": "cityHash64(Provider, Model)",
 }
 
 # Single-node settings that have no place on Replicated tables, and why.
@@ -125,7 +131,7 @@ class _Renderer:
         for prefix, rule in (("CREATE TABLE ", self.create_table), ("CREATE MATERIALIZED VIEW ", self.create_view),
                              ("ALTER TABLE ", self.alter), ("DROP VIEW ", self.drop_view),
                              ("DROP TABLE ", self.drop_table), ("CREATE DATABASE ", self.create_database),
-                             ("INSERT INTO ", lambda s: [s])):
+                             ("CREATE DICTIONARY ", self.create_dictionary), ("INSERT INTO ", lambda s: [s])):
             if sql.startswith(prefix):
                 return rule(sql)
         raise ValueError(f"no cluster rule for this statement; add one to schemas/cluster.py:\n{sql}")
@@ -164,6 +170,11 @@ class _Renderer:
             raise ValueError(f"table {table}: write the single-node engine; the cluster form adds Replicated")
         params = [f"'{zookeeper_path(self.database, table)}'", "'{replica}'"] + ([args] if args else [])
         return f"ENGINE = Replicated{family}({', '.join(params)})"
+
+    def create_dictionary(self, sql: str) -> list[str]:
+        # On every node, reading its source through the Distributed tables (all shards), as written.
+        m = self.head(r"CREATE DICTIONARY IF NOT EXISTS DB\.(?P<name>\w+)", sql)
+        return [f"CREATE DICTIONARY IF NOT EXISTS {self.db}.{m['name']} {self.on}{m['rest']}"]
 
     def create_view(self, sql: str) -> list[str]:
         m = self.head(r"CREATE MATERIALIZED VIEW IF NOT EXISTS DB\.(?P<view>\w+)\s+TO DB\.(?P<target>\w+)"

@@ -40,7 +40,9 @@ class Migration:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     def statements(self, database: str, cluster: str = "") -> list[str]:
-        rendered = self.text.format_map({"db": f"`{database}`", **sql_templates()})
+        # {db} names the database in SQL; {database} is its bare name, for names inside string literals
+        # (a dictionary's source query, dictGet's first argument).
+        rendered = self.text.format_map({"db": f"`{database}`", "database": database, **sql_templates()})
         statements = []
         for chunk in rendered.split(";\n"):
             body = "\n".join(line for line in chunk.splitlines() if not line.strip().startswith("--")).strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -129,6 +130,47 @@ def _library_cost(provider, model, day, input_tokens, cached, output_tokens) -> 
             return None
         return _library_cost(None, model, day, input_tokens, cached, output_tokens)
     return float(result.total_price)
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """USD per million input, cache-read and output tokens, each with its tiers: (start, rate) pairs where
+    a request whose input tokens exceed `start` pays `rate` for all its tokens of that kind (genai-prices'
+    threshold model). The same rules as `Pricer`, written out for a price table (schemas/prices.py)."""
+
+    input: float
+    cached: float
+    output: float
+    input_tiers: tuple[tuple[int, float], ...] = ()
+    cached_tiers: tuple[tuple[int, float], ...] = ()
+    output_tiers: tuple[tuple[int, float], ...] = ()
+
+
+def rate_card(provider: str | None, model: str, day: int) -> RateCard | None:
+    """What `Pricer` charges for `model` (genai-prices matching included) on that day; None if unknown.
+
+    >>> card = rate_card("openai", "gpt-4o-2024-08-06", 20_000)
+    >>> card.input > 0 and card.output > card.input and card.cached <= card.input
+    True
+    """
+    try:
+        _, found_model = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+        prices = found_model.get_prices(_request_time(day))
+    except LookupError:
+        return None if provider is None else rate_card(None, model, day)
+
+    def split(value) -> tuple[float, tuple[tuple[int, float], ...]]:
+        if isinstance(value, types.TieredPrices):
+            return float(value.base), tuple((int(t.start), float(t.price)) for t in value.tiers)
+        return float(value or 0), ()
+
+    per_input, input_tiers = split(prices.input_mtok)
+    per_output, output_tiers = split(prices.output_mtok)
+    if prices.cache_read_mtok is None:  # no cache price: cached tokens cost what input does (as in Pricer)
+        per_cached, cached_tiers = per_input, input_tiers
+    else:
+        per_cached, cached_tiers = split(prices.cache_read_mtok)
+    return RateCard(per_input, per_cached, per_output, input_tiers, cached_tiers, output_tiers)
 
 
 def reference_cost(model: str, provider: str | None, input_tokens: int, cached: int, output_tokens: int) -> Decimal:
