@@ -13,8 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
+from agentwatch.detectors.anomalies import Anomaly
+from agentwatch.detectors.containment import Containment, Policy
 from agentwatch.detectors.sinks import PAGERDUTY_EVENTS_URL
-from agentwatch.schemas import store
+from agentwatch.schemas import halts, store
 
 DASHBOARD = "http://dash.example:8501"
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefSECRET"
@@ -73,7 +75,7 @@ def hooks():
 @pytest.fixture
 def db(database, client):
     """The module's database, emptied: the dispatcher's checkpoint and log start empty."""
-    for table in ("anomalies", "detector_state", "alert_deliveries", "leases"):
+    for table in ("anomalies", "detector_state", "alert_deliveries", "leases", "halts"):
         client.command(f"TRUNCATE TABLE {table}")
     return database, client
 
@@ -453,6 +455,50 @@ def test_a_delivery_cut_off_by_stopping_goes_out_after_the_restart_to_that_sink_
     assert [b["anomaly_id"] for b in hooks.bodies("/hook")] == ["ef" * 16, "0e" * 16, "ef" * 16]
     assert len(hooks.bodies("/pd/v2/enqueue")) == 2  # PagerDuty had both already
     assert restarted.run_once() == 0
+
+
+# --- containment ----------------------------------------------------------------------------------
+
+def test_alerts_name_what_was_halted_for_the_anomaly_by_the_policy_and_by_a_person(dsn, db, hooks):
+    _, client = db
+    trace = "7d" * 16
+    raised = Anomaly(anomaly_id="ha" * 16, kind="fanout", tenant="acme", subject=trace, agent_id="planner-3",
+                     trace_id=trace, severity="critical", score=40.0, first_seen_ns=0, last_seen_ns=0,
+                     detected_at_ms=0, summary="planner-3 spawned 400 sub-agents in 30 s.",
+                     evidence={"children": 400})
+    [made] = Containment(Policy()).apply(client, [raised])  # the detectors' default policy: fanout halts its trace
+    write(db, raised.anomaly_id, kind="fanout", severity="critical", agent="planner-3", trace_id=trace,
+          summary=raised.summary, evidence=raised.evidence)
+    alerts = dispatcher(dsn, db, config(hooks))
+    assert alerts.run_once() == 3
+
+    [body] = hooks.bodies("/hook")
+    assert set(body) == BASE_KEYS | {"halts"} and "actions" not in body  # no links unless configured
+    [halt] = body["halts"]
+    assert {k: halt[k] for k in ("action", "scope", "target", "calls", "decided_by", "halt_id")} == {
+        "action": "halt", "scope": "trace", "target": trace, "calls": "all", "decided_by": "policy",
+        "halt_id": made.halt_id}
+    assert parse_iso(halt["decided_at"]) and "fanout" in halt["reason"]
+    [slack] = hooks.bodies("/services/T000/B000/SLACKSECRET")
+    said = f"halted trace {trace} (all calls) by policy"
+    assert said in slack["text"]
+    assert any(said in b["text"]["text"] for b in slack["blocks"] if b["type"] == "section" and "text" in b)
+    [page] = hooks.bodies("/pd/v2/enqueue")
+    assert said in page["payload"]["summary"] and page["payload"]["custom_details"]["halts"] == body["halts"]
+
+    # A person halts the agent for this anomaly too; the next alert about it names both decisions.
+    halts.record(client, [halts.decision("acme", "agent", "planner-3", "halt", calls="model",
+                                         anomaly_id=raised.anomaly_id, reason="stop the spend",
+                                         decided_by="cli:oncall")])
+    write(db, raised.anomaly_id, kind="fanout", severity="critical", agent="planner-3", trace_id=trace,
+          status="resolved")
+    assert alerts.run_once() == 3
+    resolved = hooks.bodies("/hook")[-1]
+    assert resolved["event"] == "resolved"
+    assert [(h["scope"], h["target"], h["calls"], h["decided_by"]) for h in resolved["halts"]] == [
+        ("trace", trace, "all", "policy"), ("agent", "planner-3", "model", "cli:oncall")]
+    assert "halted agent planner-3 (model calls only) by cli:oncall" in hooks.bodies(
+        "/services/T000/B000/SLACKSECRET")[-1]["text"]
 
 
 # --- Slack -----------------------------------------------------------------------------------------
