@@ -103,6 +103,9 @@ async def open_loop(url: str, requests: Requests, rate_per_s: float, seconds: fl
                 status, retry_after = await post(session, url, body)
             except aiohttp.ClientError:
                 status, retry_after = None, 1.0
+            except asyncio.TimeoutError:  # no answer in time: an exporter gives up on the attempt and resends
+                ledger["timed_out"] += 1
+                status, retry_after = None, 1.0
             if status == 200:
                 ledger["acknowledged"].add(number)
                 return
@@ -175,7 +178,7 @@ def main() -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    ledger = {"offered": 0, "acknowledged": set(), "refused": 0, "given_up": set()}
+    ledger = {"offered": 0, "acknowledged": set(), "refused": 0, "timed_out": 0, "given_up": set()}
     offered_rate = args.factor * capacity / args.spans_per_request
     overload_started = time.monotonic()
     asyncio.run(open_loop(url, requests, offered_rate, args.duration, args.retries, ledger))
@@ -201,7 +204,8 @@ def main() -> None:
         "offered_requests": ledger["offered"],
         "acknowledged_requests": len(ledger["acknowledged"]),
         "acknowledged_spans_per_s": round(len(ledger["acknowledged"]) * spans / (offer_ended - overload_started)),
-        "refusals_503": ledger["refused"],
+        "refusals_503": ledger["refused"] - ledger["timed_out"],
+        "attempts_timed_out": ledger["timed_out"],
         "given_up_requests": len(ledger["given_up"]),
         "spans_stored": sum(count for count, _ in stored.values()),
         "acknowledged_spans": len(acknowledged) * spans,
@@ -211,7 +215,8 @@ def main() -> None:
         "rss_idle_main_process_mb": round(idle_main / 2**20),
         "rss_peak_mb": round(peak["rss"] / 2**20),
         "rss_peak_main_process_mb": round(peak["main"] / 2**20),
-        "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb},
+        "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb,
+                      "embedded_engine": os.environ.get("AGENTWATCH_EMBEDDED_MAX_MEMORY", "unset")},
         "healthz_ms": {"p50": round(statistics.median(probes) * 1000, 1),
                        "p99": round(statistics.quantiles(probes, n=100)[98] * 1000, 1),
                        "max": round(max(probes) * 1000, 1), "failed": probe_failures["count"]},
