@@ -30,8 +30,36 @@ class Settings:
     # The receiver's write-ahead spool, on a local disk: empty is data_dir/spool;
     # "off" answers requests once queued in memory (lost if the process dies).
     spool_dir: str = ""
+    # The OTLP receiver (HTTP and gRPC) and the dashboard serve TLS with this PEM certificate chain and key
+    # (both, or neither).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Credential material found in captured payloads is flagged (secret_exposure) and, with "redact",
+    # stored as a marker naming its type and fingerprint; "keep" stores it as sent.
+    secrets: str = "redact"
+    # Days each data class is kept (schemas/retention.py applies them as TTLs at start); 0 keeps it forever.
+    retention_payload_days: int = 0
+    retention_spans_days: int = 0
+    retention_metrics_days: int = 0
+    retention_anomalies_days: int = 0
+    retention_audit_days: int = 0
+    # Signed halt/release links in alerts: the receiver's public base URL, and the key that signs them.
+    actions_url: str = ""
+    actions_key: str = ""
     dashboard_port: int = 8501
     dashboard_url: str = "http://localhost:8501"
+    # Dashboard sign-in (dashboard/auth.py), needed to listen beyond loopback: OpenID Connect ...
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_redirect_uri: str = ""  # empty: dashboard_url + /oauth2callback
+    oidc_cookie_secret: str = ""  # empty: a random one per process (sign-ins end at a restart)
+    oidc_roles_claim: str = ""  # id_token claims granting the role and the tenants; empty: not read
+    oidc_tenants_claim: str = ""
+    # ... or an auth proxy in front: the header carrying the user, honoured from these addresses/CIDRs only.
+    trusted_proxy_header: str = ""
+    trusted_proxies: str = ""
+    dashboard_users: str = ""  # a TOML or JSON file: user -> role, tenants (overrides the claims)
 
     @property
     def spool_path(self) -> str | None:

@@ -13,7 +13,8 @@ rules below (`render`):
   local table). It writes `t_local` when `t` and `s` share their sharding key (the rows are
   already on the right shard) and through the Distributed `t` otherwise (re-sharding).
 - `ALTER TABLE t MODIFY SETTING` goes to `t_local`, less the settings in LEFT_OUT; column
-  changes go to `t_local` and `t`.
+  changes go to `t_local` and `t`. TTLs (`MODIFY TTL`, `REMOVE TTL`, a column's `TTL`) and
+  `DELETE WHERE` go to `t_local` only: the rows live there, a Distributed table holds none.
 - `DROP VIEW`, `DROP TABLE`, `CREATE DATABASE` and `CREATE DICTIONARY` run ON CLUSTER; a
   dictionary's source query reads the Distributed tables, so every node holds all of it.
 - `INSERT ... SELECT` (the backfills) runs once, as written, through the Distributed tables.
@@ -66,11 +67,17 @@ SHARDING = {
     # Every decision about a tenant's traces, agents and itself on one shard: the latest per target is
     # read there (schemas/halts.py).
     "halts": "cityHash64(Tenant)",
+    # Findings by tenant, like agent_spans: a detector shard reads its tenants' findings on one shard.
+    "secret_findings": "cityHash64(Tenant)",
+    # One row (the store's fingerprint key), read through the Distributed table by every receiver.
+    "secret_keys": "cityHash64(Key)",
     # Append-only and read whole, newest first: rows spread over the shards by who acted.
     "audit_log": "cityHash64(Actor)",
     # Every version of a price row on one shard (read with FINAL by the price dictionary, through the
     # Distributed table, so every node's dictionary holds every price).
     "model_prices": "cityHash64(Provider, Model)",
+    # A handful of rows, every version of one table's TTL on one shard (read with FINAL).
+    "retention_ttls": "cityHash64(TableName, ColumnName)",
 }
 
 # Single-node settings that have no place on Replicated tables, and why.
@@ -89,6 +96,7 @@ LOCAL_SUFFIX = "_local"
 _CLUSTER_NAME = re.compile(r"^[\w.{}-]+$")
 _ENGINE = re.compile(r"ENGINE = (\w*MergeTree)\b(?:\(([^()]*)\))?")
 _COLUMN_CHANGE = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT|CLEAR) COLUMN\b")
+_ROWS_CHANGE = re.compile(r"^(MODIFY TTL|REMOVE TTL|DELETE WHERE|MODIFY COLUMN `?[\w.]+`? (REMOVE )?TTL)\b")
 _SETTINGS_CLAUSE = re.compile(r"(\s)SETTINGS (.*)$", re.S)  # a CREATE TABLE's last clause
 
 
@@ -197,6 +205,8 @@ class _Renderer:
             if not kept:
                 return []
             return [f"ALTER TABLE {self.db}.{local(name)} {self.on} MODIFY SETTING {kept}"]
+        if _ROWS_CHANGE.match(action):  # subqueries keep the Distributed names: they read every shard
+            return [f"ALTER TABLE {self.db}.{local(name)} {self.on} {action}"]
         if _COLUMN_CHANGE.match(action):  # the Distributed table must show the same columns
             return [f"ALTER TABLE {self.db}.{table} {self.on} {action}" for table in (local(name), name)]
         raise ValueError(f"no cluster rule for this ALTER; add one to schemas/cluster.py:\n{sql}")

@@ -37,9 +37,12 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from agentwatch.collector.receiver import otlp
+from agentwatch.collector.receiver.actions import Actions
 from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
+from agentwatch.collector.receiver.secrets import SecretPolicy, store_key
 from agentwatch.collector.receiver.spool import Spool, SpoolError
+from agentwatch.collector.receiver.tls import ServerTLS
 from agentwatch.collector.receiver.verdicts import Verdicts
 from agentwatch.collector.receiver.writer import BatchWriter, QueueFull
 
@@ -81,6 +84,14 @@ class ReceiverConfig:
     # memory (a crash then loses what was answered and not yet written).
     spool_dir: str | None = None
     dedup_window_s: float = 900
+    # Key verifying the signed halt/release links of alerts (actions.py); None: AGENTWATCH_ACTIONS_KEY.
+    actions_key: str | None = None
+    # PEM certificate chain and private key: both set serves HTTP and gRPC over TLS (tls.py).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Credential material found in payloads: "redact" stores a marker in its place, "keep" stores it as
+    # sent; either way it is flagged (secrets.py, AGENTWATCH_SECRETS).
+    secrets: str = "redact"
 
 
 class Rejected(Exception):
@@ -102,6 +113,7 @@ class Receiver:
                                   spool=self.spool)
         self._connect = connect
         self.keys: KeyStore | None = None
+        self.secrets: SecretPolicy | None = None  # read from the store at start
         self._pool: Executor | None = None
         self._pool_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-convert")
@@ -117,7 +129,9 @@ class Receiver:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> Receiver:
-        self.keys = KeyStore(self._connect())
+        client = self._connect()
+        self.keys = KeyStore(client)
+        self.secrets = SecretPolicy.from_mode(store_key(client), self.config.secrets)
         self._pool = self._start_workers() if self.config.decode_processes > 0 else self._threads
         if self.spool:
             recovered = self.spool.open()
@@ -193,10 +207,13 @@ class Receiver:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
         Verdicts(self._connect, self.keys, self.metrics.registry).register(app)  # GET /v1/verdicts (guards)
+        Actions(self._connect, self.config.actions_key, self.metrics.registry).register(app)  # alerts' links
         # Bodies are inflated here, under the size limit, not by aiohttp.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.http_port)
+        tls = ServerTLS.from_files(self.config.tls_cert, self.config.tls_key)
+        site = web.TCPSite(runner, self.config.host, self.config.http_port,
+                           ssl_context=tls.http_context() if tls else None)
         await site.start()
         self.http_port = runner.addresses[0][1]
         server = None
@@ -211,7 +228,9 @@ class Receiver:
                     request_deserializer=None,
                     response_serializer=lambda message: message.SerializeToString()),
             }) for signal, service in GRPC_SERVICES.items()])
-            self.grpc_port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+            address = f"{self.config.host}:{self.config.grpc_port}"
+            self.grpc_port = (server.add_secure_port(address, tls.grpc_credentials()) if tls
+                              else server.add_insecure_port(address))
             await server.start()
         self._ready.set()
         await self._stopped.wait()
@@ -238,7 +257,8 @@ class Receiver:
         try:
             executor = self._threads if len(body) > self.config.convert_here_above_bytes else self._pool
             try:
-                converted = await self._loop.run_in_executor(executor, otlp.convert, signal, body, is_json, tenant)
+                converted = await self._loop.run_in_executor(executor, otlp.convert, signal, body, is_json, tenant,
+                                                             None, self.secrets)
             except BrokenProcessPool:
                 await self._loop.run_in_executor(self._threads, self._replace_broken_workers, executor)
                 raise Rejected(503, grpc.StatusCode.UNAVAILABLE, "workers_restarting",
