@@ -110,13 +110,14 @@ def snapshot_rows() -> list[list]:
     return rows
 
 
-def reload(client: Client) -> None:
-    """Load new rows into the dictionary now rather than at its next refresh (every node on a cluster)."""
-    cluster = os.environ.get(CLUSTER_ENV, "")
+def reload(client: Client, cluster: str | None = None) -> None:
+    """Load new rows into the dictionary now rather than at its next refresh (every node on a cluster;
+    `cluster` None reads AGENTWATCH_CLICKHOUSE_CLUSTER)."""
+    cluster = os.environ.get(CLUSTER_ENV, "") if cluster is None else cluster
     client.command("SYSTEM RELOAD DICTIONARY model_prices_dict" + (f" ON CLUSTER '{cluster}'" if cluster else ""))
 
 
-def sync(client: Client) -> int:
+def sync(client: Client, cluster: str | None = None) -> int:
     """Write the installed genai-prices data into `model_prices` unless it is there already; rows written."""
     source = snapshot_source()
     held = client.query("SELECT count() FROM model_prices WHERE Source = {s:String}", parameters={"s": source})
@@ -124,7 +125,7 @@ def sync(client: Client) -> int:
         return 0
     rows = snapshot_rows()
     client.insert("model_prices", rows, column_names=COLUMNS)
-    reload(client)
+    reload(client, cluster)
     log.info("model prices: %d rows from %s", len(rows), source)
     return len(rows)
 

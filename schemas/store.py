@@ -52,6 +52,24 @@ def _embedded_path(dsn: str) -> str:
     return rest.split("?", 1)[0]
 
 
+MEMORY_ENV = "AGENTWATCH_EMBEDDED_MAX_MEMORY"
+
+
+def embedded_options() -> dict[str, str]:
+    """Startup settings of the embedded engine (they take effect when the process first opens it).
+
+    `AGENTWATCH_EMBEDDED_MAX_MEMORY` (bytes, or with a K/M/G suffix) caps what the engine may hold
+    (`max_server_memory_usage`): past it, a query or insert fails with a memory error instead of the
+    process growing (the receiver's writer retries from its spool; the detectors retry their pass).
+    """
+    limit = os.environ.get(MEMORY_ENV, "").strip()
+    if not limit:
+        return {}
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number = int(limit[:-1]) * units[limit[-1].upper()] if limit[-1].upper() in units else int(limit)
+    return {"max_server_memory_usage": str(number)}
+
+
 def connect(dsn: str | None = None, database: str | None = None, create: bool = True) -> Client:
     """A client on the store, its default database set (and created if asked)."""
     dsn = dsn or default_dsn()
@@ -60,9 +78,9 @@ def connect(dsn: str | None = None, database: str | None = None, create: bool = 
         path = _embedded_path(dsn)
         if path and path not in ("memory", ":memory:"):
             Path(path).mkdir(parents=True, exist_ok=True)
-            client = clickhouse_connect.get_client(interface="chdb", path=path)
+            client = clickhouse_connect.get_client(interface="chdb", path=path, chdb_options=embedded_options())
         else:
-            client = clickhouse_connect.get_client(interface="chdb")
+            client = clickhouse_connect.get_client(interface="chdb", chdb_options=embedded_options())
     else:
         parsed = urlparse(dsn)
         # Connect to `default` first: the agentwatch database may not exist yet.
