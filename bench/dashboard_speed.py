@@ -162,7 +162,8 @@ def generate(data_dir: Path, duration: float, target_spans: int, payload_mb: int
 # --- measurements ------------------------------------------------------------------------------
 
 def measure(data_dir: Path, repeat: int) -> dict:
-    from agentwatch.dashboard import data, trace_model
+    from agentwatch.dashboard import auth, data, trace_model
+    from agentwatch.dashboard.auth import LOCAL_ADMIN, Viewer
     from agentwatch.schemas import store
 
     dsn = f"chdb://{data_dir / 'clickhouse'}"
@@ -186,6 +187,7 @@ def measure(data_dir: Path, repeat: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     os.environ["AGENTWATCH_CLICKHOUSE_DSN"], os.environ["AGENTWATCH_DATABASE"] = dsn, DATABASE
+    auth.current_viewer = lambda: LOCAL_ADMIN  # AppTest has no loopback connection for the sign-in to recognise
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
     overview_first, _ = timed(at.run)  # includes importing the app, connecting, checking migrations
     at.sidebar.selectbox(key="range").set_value("Last 24 hours")
@@ -214,29 +216,40 @@ def measure(data_dir: Path, repeat: int) -> dict:
     }
     log(f"pages: {out['pages_s']}")
 
-    cold, trace = timed(lambda: trace_model.load(client, big))
-    warm, _ = timed(lambda: trace_model.load(client, big), repeat)
+    cold, trace = timed(lambda: trace_model.load(client, LOCAL_ADMIN, big))
+    warm, _ = timed(lambda: trace_model.load(client, LOCAL_ADMIN, big), repeat)
     out["big_trace"]["open_s"] = {"first": round(cold[0], 3), "median": round(statistics.median(warm), 3),
                                   "max": round(max(warm), 3), "steps": len(trace.steps), "agents": len(trace.agents)}
     chat = trace.spans.filter(trace.spans["PayloadBytes"] == trace.spans["PayloadBytes"].max()).row(0, named=True)
     chat["TraceId"] = big
-    payload_times, value = timed(lambda: data.span_payload(client, chat, "gen_ai.output.messages"), repeat)
+    payload_times, value = timed(lambda: data.span_payload(client, LOCAL_ADMIN, chat, "gen_ai.output.messages"), repeat)
     out["big_trace"]["open_8mb_payload_s"] = {"median": round(statistics.median(payload_times), 3),
                                               "bytes": len(value.encode())}
-    search_times, hits = timed(lambda: data.search_trace(client, big, "reconcile"), max(1, repeat // 2))
+    search_times, hits = timed(lambda: data.search_trace(client, LOCAL_ADMIN, big, "reconcile"), max(1, repeat // 2))
     out["big_trace"]["search_whole_trace_s"] = {"median": round(statistics.median(search_times), 3),
                                                 "payloads_matching": len(hits)}
 
+    # The same reads for a viewer granted only the big trace's tenant: the tenant predicate, and for payloads
+    # the check that each span read is one of that tenant's.
+    tenant = trace.summary()["tenant"]
+    scoped = Viewer("bench", "viewer", frozenset({tenant}))
+    scoped_open, _ = timed(lambda: trace_model.load(client, scoped, big), repeat)
+    scoped_payload, _ = timed(lambda: data.span_payload(client, scoped, chat, "gen_ai.output.messages"), repeat)
+    out["big_trace"]["as_a_viewer_of_its_tenant_s"] = {"open_median": round(statistics.median(scoped_open), 3),
+                                                       "open_8mb_payload_median": round(statistics.median(
+                                                           scoped_payload), 3)}
     now = datetime.now(UTC)
     out["overview_s"] = {}
     for label, width in (("last hour", timedelta(hours=1)), ("last 24 hours", timedelta(hours=24)),
                          ("last 7 days", timedelta(days=7)), ("last 30 days", timedelta(days=30))):
         end = now if last.replace(tzinfo=UTC) > now - timedelta(hours=1) else last.replace(tzinfo=UTC)
         start = end - width
-        cold, o = timed(lambda: data.overview(client, start, end))
-        warm, _ = timed(lambda: data.overview(client, start, end), repeat)
+        cold, o = timed(lambda: data.overview(client, LOCAL_ADMIN, start, end))
+        warm, _ = timed(lambda: data.overview(client, LOCAL_ADMIN, start, end), repeat)
         out["overview_s"][label] = {"spans_in_range": o.spans, "first": round(cold[0], 3),
                                     "median": round(statistics.median(warm), 3), "max": round(max(warm), 3)}
+        one_tenant, _ = timed(lambda: data.overview(client, scoped, start, end), repeat)
+        out["overview_s"][label]["viewer_of_one_tenant_median"] = round(statistics.median(one_tenant), 3)
         log(f"overview {label}: {o.spans:,} spans, median {statistics.median(warm):.3f} s")
     # For comparison: the overview's main series straight from agent_spans, without the rollups.
     raw, _ = timed(lambda: data.frame(client, f"""

@@ -1,5 +1,8 @@
 """`agentwatch replay TRACE_ID`: the dashboard's step-by-step replay, printed in a terminal (on call over SSH).
 
+It runs on the store's machine with the store's own connection, so it reads as
+the local admin (every tenant), through the same scoped queries as the pages.
+
 Same steps as the Trace replay page (trace_model): the agent tree first, then
 every event in order: prompts, reasoning, tool calls and results, credential
 uses (cross-tenant ones flagged), costs accumulating, anomalies where they
@@ -15,6 +18,7 @@ from typing import TextIO
 import polars as pl
 
 from agentwatch.dashboard import data, trace_model
+from agentwatch.dashboard.auth import LOCAL_ADMIN
 from agentwatch.dashboard.trace_model import human_bytes
 
 TAGS = {"agent_start": "AGENT", "agent_end": "AGENT END", "prompt": "PROMPT", "answer": "ANSWER",
@@ -25,17 +29,9 @@ TAGS = {"agent_start": "AGENT", "agent_end": "AGENT END", "prompt": "PROMPT", "a
 def _payloads_of(client, trace: trace_model.Trace, span_ids: list[str]) -> dict[str, dict[str, str]]:
     """Every attribute of these spans, whole, read in batches (span id -> name -> value)."""
     out: dict[str, dict[str, str]] = {}
-    if not span_ids:
-        return out
-    params = {"t": trace.trace_id, "start": trace.start_ns, "end": trace.end_ns + 1}
     for i in range(0, len(span_ids), 500):
-        params["ids"] = span_ids[i:i + 500]
-        rows = client.query(
-            f"SELECT SpanId, SpanAttributes FROM otel_traces WHERE TraceId = {{t:String}} "
-            f"AND SpanId IN {{ids:Array(String)}} AND Timestamp >= {data.START} AND Timestamp <= {data.END}",
-            parameters=params).result_rows
-        for span_id, attributes in rows:
-            out[span_id] = dict(attributes)
+        out.update(data.spans_attributes(client, LOCAL_ADMIN, trace.trace_id, span_ids[i:i + 500], trace.start_ns,
+                                         trace.end_ns + 1))
     return out
 
 
@@ -56,7 +52,7 @@ def _print_payload(out: TextIO, name: str, value: str) -> None:
 
 def replay(client, trace_id: str, out: TextIO = sys.stdout, show_payloads: bool = True) -> int:
     """Print the trace step by step. 0: printed; 1: no such trace stored."""
-    trace = trace_model.load(client, trace_id)
+    trace = trace_model.load(client, LOCAL_ADMIN, trace_id)
     if trace is None:
         out.write(f"agentwatch replay: no spans stored for trace {trace_id.strip().lower()}\n")
         return 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from agentwatch.dashboard import data
+from agentwatch.dashboard.auth import Viewer
 from agentwatch.schemas.vocabulary import INVOKE_AGENT_OPERATION, MODEL_OPERATIONS, TOOL_OPERATION
 
 # Which payloads belong to the start of a span and which to its end.
@@ -421,16 +422,16 @@ class Trace:
         return pl.concat([agents.select(binned.columns), binned], how="vertical_relaxed"), True
 
 
-def load(client, trace_id: str) -> Trace | None:
-    """Everything to replay a trace, without its payloads; None if no span of it is stored."""
+def load(client, viewer: Viewer, trace_id: str) -> Trace | None:
+    """Everything to replay a trace, without its payloads; None if no span of it the viewer may see is stored."""
     trace_id = trace_id.strip().lower()
-    spans = data.trace_spans(client, trace_id)
+    spans = data.trace_spans(client, viewer, trace_id)
     if spans.is_empty():
         return None
-    credentials = data.trace_credentials(client, trace_id)
+    credentials = data.trace_credentials(client, viewer, trace_id)
     start, end = int(spans["StartNs"].min()), int((spans["StartNs"] + spans["Duration"].cast(pl.Int64)).max())
     agent_ids = [a for a in spans["AgentId"].unique().to_list() if a]
-    anomalies = data.trace_anomalies(client, trace_id, agent_ids, start, end)
+    anomalies = data.trace_anomalies(client, viewer, trace_id, agent_ids, start, end)
     return Trace(trace_id, spans, credentials, anomalies)
 
 

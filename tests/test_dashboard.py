@@ -23,7 +23,8 @@ from streamlit.testing.v1 import AppTest
 
 import agentwatch
 from agentwatch import demo
-from agentwatch.dashboard import data, replay, trace_model
+from agentwatch.dashboard import auth, data, replay, trace_model
+from agentwatch.dashboard.auth import LOCAL_ADMIN
 from agentwatch.schemas import store
 from agentwatch.schemas.vocabulary import CROSS_TENANT_USE_SQL
 
@@ -174,6 +175,13 @@ def fleet(receiver, client, dsn, database):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def local_user(monkeypatch):
+    """AppTest has no connection of its own to tell loopback by: the sign-in answers as for the user on loopback
+    (the local admin; roles and tenants are tried in tests/test_dashboard_scope.py)."""
+    monkeypatch.setattr(auth, "current_viewer", lambda: LOCAL_ADMIN)
+
+
 def app(**query) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params.update(query)
@@ -299,7 +307,7 @@ def test_an_anomaly_opens_its_trace_at_the_step_it_fired(fleet, client):
     assert number(shown["Spans"]) >= 80  # 40 tool calls and 40 model calls, and the agent
     # the replay starts on the step where the anomaly fired, marked in the trace
     assert any("loop" in e.value for e in at.error)
-    step = trace_model.load(client, target["trace"]).step(at.session_state["step"])
+    step = trace_model.load(client, LOCAL_ADMIN, target["trace"]).step(at.session_state["step"])
     assert step["Kind"] == "anomaly" and step["Ref"] == target["id"] and step["Step"] > 10
     assert shows(at, step["Title"])
 
@@ -320,7 +328,7 @@ def test_alert_link_query_parameters_open_the_anomaly_and_its_trace(fleet):
 def test_trace_replay_steps_event_by_event_with_costs_accumulating(fleet, client):
     target = fleet["ids"]["cross_tenant"]
     at = ok(app(trace=target["trace"]))
-    trace = trace_model.load(client, target["trace"])
+    trace = trace_model.load(client, LOCAL_ADMIN, target["trace"])
     n = len(trace.steps)
     assert at.number_input(key="step").value == 1 and at.number_input(key="step").max == n
     assert shows(at, trace.step(1)["Title"])
@@ -350,7 +358,7 @@ def test_trace_replay_steps_event_by_event_with_costs_accumulating(fleet, client
 
 def test_a_whole_8mb_chain_of_thought_opens_only_when_asked_and_downloads(fleet, client):
     at = ok(app(trace=BIG_TRACE))
-    trace = trace_model.load(client, BIG_TRACE)
+    trace = trace_model.load(client, LOCAL_ADMIN, BIG_TRACE)
     answer = trace.step_of_span("c4c4c4c4c4c4c4c4", end=True)
     ok(at.number_input(key="step").set_value(answer).run())
     toggle = at.toggle(key="open|c4c4c4c4c4c4c4c4|gen_ai.output.messages")
@@ -486,19 +494,19 @@ def test_rollups_match_the_spans_they_summarise(fleet, client):
 def test_opening_a_trace_reads_no_payload(fleet, client):
     """The fanout trace (12,000+ spans) opens from the index; the 8 MB payload is read only when asked."""
     started = time.perf_counter()
-    trace = trace_model.load(client, fleet["ids"]["fanout"]["trace"])
+    trace = trace_model.load(client, LOCAL_ADMIN, fleet["ids"]["fanout"]["trace"])
     assert time.perf_counter() - started < 10  # generous: measured figures are in bench/dashboard_speed.py
     assert len(trace.spans) >= 12_000 and len(trace.agents) == 16
-    big = trace_model.load(client, BIG_TRACE)
+    big = trace_model.load(client, LOCAL_ADMIN, BIG_TRACE)
     assert "gen_ai.output.messages" not in trace_model.attr_dict(big.span("c4c4c4c4c4c4c4c4")["Attributes"])
     assert big.payloads("c4c4c4c4c4c4c4c4")["gen_ai.output.messages"] > 8 * 1024 * 1024
-    value = data.span_payload(client, big.span("c4c4c4c4c4c4c4c4"), "gen_ai.output.messages")
+    value = data.span_payload(client, LOCAL_ADMIN, big.span("c4c4c4c4c4c4c4c4"), "gen_ai.output.messages")
     assert json.loads(value)[0]["parts"][0]["content"] == BIG_REASONING
-    assert data.span_payload(client, big.span("c4c4c4c4c4c4c4c4"), "no.such.key") is None
+    assert data.span_payload(client, LOCAL_ADMIN, big.span("c4c4c4c4c4c4c4c4"), "no.such.key") is None
 
 
 def test_export_is_the_whole_trace_as_json_lines(fleet, client):
-    lines = b"".join(data.export_trace(client, BIG_TRACE)).splitlines()
+    lines = b"".join(data.export_trace(client, LOCAL_ADMIN, BIG_TRACE)).splitlines()
     spans = [json.loads(line) for line in lines]
     assert len(spans) == 3
     (chat,) = [s for s in spans if s["SpanName"] == "chat o1"]
@@ -511,7 +519,7 @@ def test_terminal_replay_prints_every_step(fleet, client):
     out = io.StringIO()
     assert replay.replay(client, fleet["ids"]["cross_tenant"]["trace"], out=out) == 0
     text = out.getvalue()
-    trace = trace_model.load(client, fleet["ids"]["cross_tenant"]["trace"])
+    trace = trace_model.load(client, LOCAL_ADMIN, fleet["ids"]["cross_tenant"]["trace"])
     assert f"[{len(trace.steps)}/{len(trace.steps)}]" in text
     assert "CROSS-TENANT" in text and "cross_tenant" in text  # the use, and the anomaly marked where it fired
     assert "reasoning" in text and "cost so far" in text
@@ -531,7 +539,7 @@ def test_cost_spike_chart_draws_the_detectors_learned_normal_and_threshold(fleet
     row = data.frame(client, "SELECT * FROM anomalies FINAL WHERE AnomalyId = {a:String}",
                      {"a": spike["id"]}).to_dicts()[0]
     # the seeded evidence has no detector baseline: the median minute before the anomaly stands in
-    fallback = data.anomaly_baseline(client, row)
+    fallback = data.anomaly_baseline(client, LOCAL_ADMIN, row)
     assert fallback.normal_label == "normal before" and fallback.threshold is None
     assert set(fallback.series["Series"]) == {"tenant total", spike["agent"]}
     per_minute = fallback.series.pivot(on="Series", index="Time", values="Value").fill_null(0)
@@ -540,5 +548,5 @@ def test_cost_spike_chart_draws_the_detectors_learned_normal_and_threshold(fleet
     # the worker's evidence: the tenant's learned mean and the threshold it crossed
     row["Evidence"] = json.dumps({"tenant_usd": 41.2, "tenant_threshold": 9.75,
                                   "tenant_baseline": {"mean": 1.37, "std": 0.4, "warm": True, "threshold": 8.2}})
-    learned = data.anomaly_baseline(client, row)
+    learned = data.anomaly_baseline(client, LOCAL_ADMIN, row)
     assert (learned.normal, learned.normal_label, learned.threshold) == (1.37, "learned normal", 9.75)
