@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from agentwatch.dashboard import data
+from agentwatch.dashboard.auth import LOCAL_ADMIN
 from tests.helpers import wait_for
 
 RUN = Path(__file__).parent / "data" / "h100_gpu_run"
@@ -100,7 +101,7 @@ def test_dashboard_gpu_query_shows_the_run(stored):
         "SELECT min(TimeUnix), max(TimeUnix) FROM otel_metrics_gauge").result_rows[0]
     start = first.replace(tzinfo=UTC) - timedelta(minutes=1)
     end = last.replace(tzinfo=UTC) + timedelta(minutes=1)
-    frame = data.gpu_metrics(stored, start, end)
+    frame = data.gpu_metrics(stored, LOCAL_ADMIN, start, end)
     assert set(frame["MetricName"]) == set(data.GPU_METRICS)
     assert set(frame["DeviceName"]) == {H100}
     utilization = frame.filter(frame["MetricName"] == "hw.gpu.utilization")

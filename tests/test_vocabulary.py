@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from agentwatch.dashboard import charts, data, views
+from agentwatch.dashboard.auth import LOCAL_ADMIN
 from agentwatch.detectors import evaluation, sinks
+from agentwatch.detectors.alerting import slack
 from agentwatch.schemas import vocabulary as v
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +112,10 @@ def test_cross_tenant_sql_takes_other_columns(client):
 def test_the_dashboard_counts_cross_tenant_uses_by_the_rule(credential_cases):
     expected = {f"cred-{i}" for i, case in enumerate(CASES) if v.is_cross_tenant(*case)}
     start, end = T0 - timedelta(minutes=1), T0 + timedelta(hours=1)
-    assert set(data.cross_tenant_uses(credential_cases, start, end)["CredentialId"]) == expected
-    per_credential = data.credentials(credential_cases, start, end)
+    assert set(data.cross_tenant_uses(credential_cases, LOCAL_ADMIN, start, end)["CredentialId"]) == expected
+    per_credential = data.credentials(credential_cases, LOCAL_ADMIN, start, end)
     assert {r["CredentialId"] for r in per_credential.iter_rows(named=True) if r["CrossTenantUses"]} == expected
-    trail = data.trace_credentials(credential_cases, "a" * 32)
+    trail = data.trace_credentials(credential_cases, LOCAL_ADMIN, "a" * 32)
     assert {r["CredentialId"] for r in trail.iter_rows(named=True) if r["CrossTenant"]} == expected
 
 
@@ -126,12 +128,12 @@ def test_severity_rank_sql_agrees_with_severity_rank(client):
 # --- the dashboard offers exactly the vocabulary ---------------------------------------------------------
 
 def test_every_kind_the_dashboard_offers_comes_from_the_vocabulary(client):
-    assert data.anomaly_facets(client)["kinds"] == list(v.ANOMALY_KINDS)  # even before any was raised
+    assert data.anomaly_facets(client, LOCAL_ADMIN)["kinds"] == list(v.ANOMALY_KINDS)  # even before any was raised
     client.insert("anomalies", [["f" * 32, T0, "from_a_newer_detector", "warning", "acme", "", "", 1.0, "", "{}",
                                  "open", T0, T0]],
                   column_names=["AnomalyId", "DetectedAt", "Kind", "Severity", "Tenant", "AgentId", "TraceId",
                                 "Score", "Summary", "Evidence", "Status", "FirstSeen", "LastSeen"])
-    assert data.anomaly_facets(client)["kinds"] == [*v.ANOMALY_KINDS, "from_a_newer_detector"]
+    assert data.anomaly_facets(client, LOCAL_ADMIN)["kinds"] == [*v.ANOMALY_KINDS, "from_a_newer_detector"]
 
 
 def test_the_dashboard_shows_every_severity_status_and_model_operation():
@@ -167,7 +169,7 @@ def test_alerts_render_every_kind(kind):
 
 def test_alerts_know_every_severity():
     assert set(sinks.PAGERDUTY_SEVERITY) == set(v.SEVERITIES)
-    assert set(sinks.SEVERITY_ICON) == set(v.SEVERITIES)
+    assert set(slack.SEVERITY_ICON) == set(v.SEVERITIES)
 
 
 def test_evaluation_scores_kinds_in_the_vocabulary_order():
@@ -178,8 +180,9 @@ def test_evaluation_scores_kinds_in_the_vocabulary_order():
 
 # --- and nobody keeps a copy -----------------------------------------------------------------------------
 
-USERS = [*sorted((ROOT / "dashboard").glob("*.py")),
-         *(ROOT / "detectors" / f"{name}.py" for name in ("anomalies", "evaluation", "alerts", "sinks"))]
+USERS = [*sorted((ROOT / "dashboard").rglob("*.py")),
+         *(ROOT / "detectors" / f"{name}.py" for name in ("anomalies", "evaluation", "alerts", "sinks")),
+         *sorted((ROOT / "detectors" / "alerting").glob("*.py"))]
 LISTS = {"anomaly kinds": set(v.ANOMALY_KINDS), "severities": set(v.SEVERITIES),
          "statuses": set(v.ANOMALY_STATUSES), "model operations": set(v.MODEL_OPERATIONS)}
 
