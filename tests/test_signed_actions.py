@@ -22,7 +22,7 @@ from agentwatch.detectors.alerting.links import Action, sign, token_id
 from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
 from agentwatch.detectors.anomalies import Anomaly
 from agentwatch.detectors.containment import Containment, Policy
-from agentwatch.schemas import halts, store
+from agentwatch.schemas import audit, halts, store
 from tests.helpers import JsonWebhook, prometheus_value, start_receiver, wait_for
 from tests.test_alerts import write
 
@@ -125,7 +125,7 @@ def test_opening_a_link_shows_a_confirm_page_and_never_acts(alert, keyed, client
     assert status == 200 and f"trace {TRACE} halted by policy" in page
 
 
-def test_confirming_halts_and_the_verdicts_serve_it_and_the_link_works_once(alert, keyed):
+def test_confirming_halts_and_the_verdicts_serve_it_and_the_link_works_once(alert, keyed, client):
     url = link(alert, "halt", "agent")
     status, page, _ = fetch(url, {"reason": "stop it before it spends more"})
     assert status == 200 and "Halted agent planner-9 of tenant acme" in page
@@ -134,6 +134,8 @@ def test_confirming_halts_and_the_verdicts_serve_it_and_the_link_works_once(aler
         "halt", "all", f"link:{ANOMALY}", ANOMALY)
     assert verdict["reason"] == "stop it before it spends more" and verdict["trace_id"] == TRACE
     assert verdict["halt_id"] == token_id(url.rsplit("/", 1)[1])
+    [entry] = audit.entries(client, actor=f"link:{ANOMALY}", action="halt")
+    assert (entry.tenant, entry.target, entry.detail["halt_id"]) == ("acme", "planner-9", verdict["halt_id"])
 
     used_before = metric(keyed, "POST", "used")
     status, page, _ = fetch(url, {})

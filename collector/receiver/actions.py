@@ -38,7 +38,8 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter
 
 from agentwatch.detectors.alerting.links import PATH, Action, TokenError, token_id, verify
-from agentwatch.schemas import halts
+from agentwatch.schemas import audit, halts
+from agentwatch.schemas.vocabulary import AUDIT_HALT, AUDIT_RELEASE
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,11 @@ class Actions:
                                   calls=action.calls, anomaly_id=action.anomaly_id, reason=reason,
                                   decided_by=decided_by, **self._anomaly_fields(action.anomaly_id))
         halts.record(self._store(), [made])
+        # Who acted is known only as the holder of the link: the audit names the link's anomaly.
+        audit.record(self._store(), decided_by, AUDIT_HALT if action.action == "halt" else AUDIT_RELEASE,
+                     tenant=action.tenant, target=action.target,
+                     detail={"scope": action.scope, "calls": action.calls, "anomaly_id": action.anomaly_id,
+                             "halt_id": made.halt_id, "reason": reason})
         return made
 
     def _anomaly_fields(self, anomaly_id: str) -> dict:
