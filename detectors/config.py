@@ -58,6 +58,19 @@ class DetectorConfig:
     cost_ratio: float = 6.0  # cost per minute is heavy-tailed (one long reasoning call): threshold >= 6 x mean
     cost_min_history: int = 10  # minutes learned before a cost baseline may flag
     call_peak_decay: float = 0.9995  # per window: the largest normal single call is remembered ~a day
+    # --- budget_forecast -------------------------------------------------------------------------
+    # The budget of a period (a UTC day) comes from the same per-tenant budget: the per-minute budget x the
+    # period's minutes x this share. The share is below 1 because no minute may pass the per-minute budget
+    # (cost_spike), so a full share could never be crossed. 0 turns the forecast off.
+    budget_period_share: float = 0.25
+    # Explicit budgets per period (USD per UTC day by default), per tenant: "acme=2000,globex=500". A tenant
+    # listed here is forecast against this figure instead of the derived one.
+    tenant_period_budgets: dict[str, float] = field(default_factory=dict)
+    budget_period_s: int = 86_400  # the period spend is summed over, aligned to the epoch (UTC days)
+    budget_forecast_half_life_s: float = 3600.0  # memory of the spend-rate fit (level and trend)
+    budget_forecast_trend_s: float = 1800.0  # how long a trend is assumed to persist (damped beyond)
+    budget_forecast_z: float = 3.0  # the forecast's interval: level and trend +/- z standard errors
+    budget_forecast_min_minutes: int = 60  # minutes of a tenant's spend learned before a forecast may raise
     # --- fanout ----------------------------------------------------------------------------------
     fanout_min_history: int = 10  # traces of a root agent kind before its baseline may flag
     fanout_min_model_calls: int = 200  # floors

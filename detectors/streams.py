@@ -2,7 +2,7 @@
 
 `SpanStream` reads agent_spans: it keeps the traces (partial trees, each span
 attributed to its nearest agent: `traces`) and hands every row, with its trace,
-to fanout, loop, cost_spike (at two scales) and novel_trace. `CredentialStream` reads
+to fanout, loop, cost_spike (at two scales), novel_trace and budget_forecast. `CredentialStream` reads
 credential_events, gives each use its agent (the use's own, else its span's
 nearest agent from the span stream, else the span's parent as a stand-in) and
 hands it to cross_tenant and credential_fanout. Both keep event time
@@ -12,6 +12,7 @@ hands it to cross_tenant and credential_fanout. Both keep event time
 from __future__ import annotations
 
 from agentwatch.detectors.anomalies import Anomaly, AnomalyBook
+from agentwatch.detectors.budget_forecast import BudgetForecast
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.cost_spike import CostSpike
 from agentwatch.detectors.credential_fanout import CredentialFanout
@@ -63,7 +64,7 @@ class DetectorStream(EventTimeStream):
 
 
 class SpanStream(DetectorStream):
-    """fanout, loop, cost_spike (and novel_trace) over the agent_spans of one shard."""
+    """fanout, loop, cost_spike (and novel_trace, budget_forecast) over the agent_spans of one shard."""
 
     def __init__(self, config: DetectorConfig) -> None:
         detectors = [Fanout(config), Loop(config), CostSpike(config)]
@@ -71,8 +72,24 @@ class SpanStream(DetectorStream):
             detectors.append(CostSpike(config, long=True))
         if config.novel_min_traces:
             detectors.append(NovelTrace(config))
+        detectors += self._added_since_checkpoints(config, detectors)
         super().__init__(config, detectors)
         self.traces = TraceBook()
+
+    @staticmethod
+    def _added_since_checkpoints(config: DetectorConfig, detectors: list[Detector]) -> list[Detector]:
+        """Detectors a checkpoint of an older release may lack; they start learning when it is restored."""
+        have = {d.kind for d in detectors}
+        wanted = []
+        if (config.budget_period_share or config.tenant_period_budgets) and BudgetForecast.kind not in have:
+            wanted.append(BudgetForecast(config))
+        return wanted
+
+    def configure(self, config: DetectorConfig) -> None:
+        for detector in self._added_since_checkpoints(config, self.detectors):
+            self.detectors.append(detector)
+            self.by_kind[detector.kind] = detector
+        super().configure(config)
 
     def process(self, rows: list[SpanRow], book: AnomalyBook) -> None:
         lateness = int(self.config.allowed_lateness_s * NS)
