@@ -13,7 +13,7 @@ log = logging.getLogger("agentwatch")
 # What `pip install 'agentwatch[server]'` adds to the SDK; the commands need them, an agent does not.
 SERVER_MODULES = ("clickhouse_connect", "chdb", "grpc", "aiohttp",
                   "prometheus_client", "genai_prices", "river", "sklearn", "streamlit", "altair", "polars",
-                  "pyarrow", "numpy")
+                  "pyarrow", "numpy", "detect_secrets", "re2")
 
 
 def _server_dependency(error: ImportError) -> bool:
@@ -41,7 +41,14 @@ def _prepare_store(settings: config.Settings):
     applied = migrate.apply(client, cluster=settings.clickhouse_cluster)
     if applied:
         log.info("schema: applied %s", ", ".join(applied))
+    _apply_retention(client, settings, settings.clickhouse_cluster)
     return client
+
+
+def _apply_retention(client, settings: config.Settings, cluster: str):
+    from agentwatch.schemas import retention
+
+    return retention.apply(client, retention.periods_from(settings), cluster=cluster)
 
 
 def _start_receiver(settings: config.Settings, http_port: int | None = None, grpc_port: int | None = None):
@@ -55,6 +62,9 @@ def _start_receiver(settings: config.Settings, http_port: int | None = None, grp
         max_queue_bytes=settings.max_queue_bytes,
         max_converting_bytes=settings.max_converting_bytes,
         spool_dir=settings.spool_path,
+        tls_cert=settings.tls_cert or None,
+        tls_key=settings.tls_key or None,
+        secrets=settings.secrets,
     )
     return Receiver(_connect_factory(settings), receiver_config).start()
 
@@ -72,12 +82,16 @@ class Detection:
     def __init__(self, settings: config.Settings, shard: tuple[int, int] = (0, 1), alerts: bool = True) -> None:
         from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
         from agentwatch.detectors.worker import DetectorConfig, DetectorWorker
+        from agentwatch.schemas.prices import PriceRefresher
 
         connect = _connect_factory(settings)
         self.stop_event = threading.Event()
         self.worker = DetectorWorker(connect, DetectorConfig.from_env(), shard=shard)
         self.dispatcher = AlertDispatcher(connect, AlertConfig.from_env()) if alerts else None
-        loops = [self.worker.run_forever] + ([self.dispatcher.run_forever] if self.dispatcher else [])
+        # Prices for spans that reach the store without the receiver (schemas/prices.py).
+        self.prices = PriceRefresher(connect)
+        loops = [self.worker.run_forever, self.prices.run_forever] + (
+            [self.dispatcher.run_forever] if self.dispatcher else [])
         self.threads = [threading.Thread(target=loop, args=(self.stop_event,), daemon=True,
                                          name=f"agentwatch-{loop.__self__.__class__.__name__}") for loop in loops]
         for thread in self.threads:
@@ -97,21 +111,26 @@ class Detection:
 
 def cmd_serve(args, settings: config.Settings) -> int:
     """`up` (receiver, detectors, alerts, dashboard) and `collector` (receiver only), until SIGTERM."""
+    if args.command == "up" and _dashboard_refused("up", settings):
+        return 2
     _prepare_store(settings)
     receiver = _start_receiver(settings)
     detection = None
     if args.command == "up":
         detection = Detection(settings)
         detection.metrics(receiver.metrics.registry)  # served on the receiver's /metrics
-    print(f"agentwatch {args.command}: OTLP/HTTP on {settings.listen_host}:{receiver.http_port}, "
-          f"OTLP/gRPC on {settings.listen_host}:{receiver.grpc_port}, store {settings.dsn} "
+    tls = " (TLS)" if settings.tls_cert else ""
+    print(f"agentwatch {args.command}: OTLP/HTTP{tls} on {settings.listen_host}:{receiver.http_port}, "
+          f"OTLP/gRPC{tls} on {settings.listen_host}:{receiver.grpc_port}, store {settings.dsn} "
           f"database {settings.database}" + (", detectors and alerts running" if detection else ""), flush=True)
     if args.command == "up":
         from agentwatch.dashboard.server import serve
 
-        print(f"agentwatch up: dashboard on http://{settings.listen_host}:{settings.dashboard_port}", flush=True)
+        print(f"agentwatch up: dashboard on {_dashboard_scheme(settings)}://{settings.listen_host}:"
+              f"{settings.dashboard_port}", flush=True)
         # Streamlit takes the main thread and returns on SIGTERM / SIGINT.
-        serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database)
+        serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database,
+              settings=settings)
     else:
         _wait_for_termination()
     log.info("stopping: writing everything accepted")
@@ -122,12 +141,30 @@ def cmd_serve(args, settings: config.Settings) -> int:
     return 0
 
 
+def _dashboard_refused(command: str, settings: config.Settings) -> bool:
+    """Say why the dashboard may not serve as configured (beyond loopback without sign-in, say)."""
+    from agentwatch.dashboard.server import refusal
+
+    why = refusal(settings.listen_host, settings)
+    if why:
+        print(f"agentwatch {command}: {why}", file=sys.stderr)
+    return bool(why)
+
+
+def _dashboard_scheme(settings: config.Settings) -> str:
+    return "https" if settings.tls_cert else "http"
+
+
 def cmd_dashboard(args, settings: config.Settings) -> int:
     from agentwatch.dashboard.server import serve
 
+    if _dashboard_refused("dashboard", settings):
+        return 2
     _prepare_store(settings)
-    print(f"agentwatch dashboard: http://{settings.listen_host}:{settings.dashboard_port}", flush=True)
-    serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database)
+    print(f"agentwatch dashboard: {_dashboard_scheme(settings)}://{settings.listen_host}:{settings.dashboard_port}",
+          flush=True)
+    serve(settings.dashboard_port, settings.listen_host, dsn=settings.dsn, database=settings.database,
+          settings=settings)
     return 0
 
 
@@ -170,19 +207,34 @@ def cmd_schema(args, settings: config.Settings) -> int:
     client = store.connect(settings.dsn, settings.database)
     applied = migrate.apply(client, cluster=cluster)
     print("applied: " + (", ".join(applied) if applied else "nothing (schema is up to date)"))
+    changed = _apply_retention(client, settings, cluster)
+    print("retention: " + ("; ".join(map(str, changed)) if changed else "up to date"))
+    from agentwatch.schemas import prices
+
+    priced = prices.sync(client, cluster)
+    print(f"model prices: {priced} rows written" if priced else "model prices: up to date")
     return 0
 
 
 def cmd_keys(args, settings: config.Settings) -> int:
     from agentwatch.collector.receiver import api_keys
+    from agentwatch.schemas import audit
+    from agentwatch.schemas.vocabulary import AUDIT_KEY_CREATED, AUDIT_KEY_REVOKED
 
     client = _prepare_store(settings)
     if args.action == "create":
         key = api_keys.create_key(client, args.tenant, args.name or "")
+        audit.record(client, _decider(args), AUDIT_KEY_CREATED, tenant=args.tenant, target=api_keys.digest(key),
+                     detail={"name": args.name or ""})
         print(key)
         print(f"(API key for tenant {args.tenant!r}; shown once, only its hash is stored)", file=sys.stderr)
     elif args.action == "revoke":
         api_keys.revoke_key(client, args.key)
+        for key_hash, tenant, name in client.query(  # the key as given, or its digest
+                "SELECT KeyHash, Tenant, Name FROM api_keys FINAL WHERE KeyHash IN %(h)s AND Revoked",
+                {"h": [args.key, api_keys.digest(args.key)]}).result_rows:
+            audit.record(client, _decider(args), AUDIT_KEY_REVOKED, tenant=tenant, target=key_hash,
+                         detail={"name": name})
         print("revoked")
     else:
         for key_hash, tenant, name, created, revoked in client.query(
@@ -196,10 +248,31 @@ def _decider(args) -> str:
     import getpass
 
     try:
-        user = args.by or getpass.getuser()
+        user = getattr(args, "by", None) or getpass.getuser()  # `keys` has no --by
     except Exception:  # noqa: BLE001 - no login name in some containers
         user = "unknown"
     return f"cli:{user}"
+
+
+def cmd_tenant(args, settings: config.Settings) -> int:
+    """`tenant delete TENANT`: every row of the tenant, from every table; the counts are printed."""
+    from agentwatch.schemas import tenant_delete
+
+    client = _prepare_store(settings)
+    if not args.yes:
+        stored = tenant_delete.count(client, args.tenant, cluster=settings.clickhouse_cluster)
+        for row in stored:
+            print(f"{row.table:<28} {row.rows:>12} rows")
+        print(f"tenant {args.tenant!r}: {sum(r.rows for r in stored)} rows in {len(stored)} tables; nothing deleted")
+        if not sys.stdin.isatty() or input("type the tenant name to delete them for good: ") != args.tenant:
+            print("not confirmed (run with --yes to delete without asking)", file=sys.stderr)
+            return 1
+    deleted = tenant_delete.delete(client, args.tenant, _decider(args), cluster=settings.clickhouse_cluster)
+    for row in deleted:
+        print(f"{row.table:<28} {row.rows:>12} rows deleted")
+    print(f"tenant {args.tenant!r}: {sum(r.rows for r in deleted)} rows deleted from {len(deleted)} tables "
+          "(the audit log keeps its entries and records this deletion)")
+    return 0
 
 
 def cmd_halt(args, settings: config.Settings) -> int:
@@ -288,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key", help="the key, or its SHA-256 hex digest")
     keys_actions.add_parser("list")
 
+    tenant = commands.add_parser("tenant", help="tenant administration")
+    tenant_actions = tenant.add_subparsers(dest="action", required=True)
+    delete = tenant_actions.add_parser("delete", help="delete every row of a tenant from every table")
+    delete.add_argument("tenant")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--by", help="who deletes, for the audit log (default: the login name)")
+
     for name, text in (("halt", "halt a trace, an agent or a whole tenant: agents with the guard on stop"),
                        ("release", "release a halt: the agents carry on, without a restart")):
         command = commands.add_parser(name, help=text)
@@ -330,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"up": cmd_serve, "collector": cmd_serve, "detect": cmd_detect, "dashboard": cmd_dashboard,
             "replay": cmd_replay, "schema": cmd_schema, "keys": cmd_keys, "demo": cmd_demo,
-            "halt": cmd_halt, "release": cmd_halt, "halts": cmd_halts}
+            "halt": cmd_halt, "release": cmd_halt, "halts": cmd_halts, "tenant": cmd_tenant}
 
 
 def main(argv: list[str] | None = None) -> int:

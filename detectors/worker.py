@@ -1,6 +1,6 @@
 """The streaming detector worker (`agentwatch detect`, and a thread of `agentwatch up`).
 
-It tails `agent_spans` and `credential_events` in commit order (block numbers,
+It tails `agent_spans`, `credential_events` and `secret_findings` in commit order (block numbers,
 see `agentwatch.detectors.tailing`), runs the detectors of
 `agentwatch.detectors.streams` over the new rows and writes `anomalies`:
 
@@ -49,6 +49,7 @@ from clickhouse_connect.driver.client import Client
 from agentwatch.detectors import anomalies as anomaly_store
 from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.config import DetectorConfig
+from agentwatch.detectors import secret_exposure
 from agentwatch.detectors.containment import Containment
 from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
@@ -62,7 +63,7 @@ __all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
 
 DETECTOR = "worker"
 STATE_VERSION = 2  # 2: positions are block numbers (1: IngestedAt stamps)
-TABLES = ("agent_spans", "credential_events")
+TABLES = ("agent_spans", "credential_events", secret_exposure.TABLE)
 # a tool call's arguments, wherever its convention writes them (GenAI, OpenInference, OpenLLMetry)
 TOOL_ARGUMENTS = ("coalesce(" + ", ".join(f"nullIf(SpanAttributes['{key}'], '')" for key in TOOL_ARGUMENTS_KEYS)
                   + ", '')")
@@ -104,7 +105,20 @@ class WorkerState:
         self.processed = {table: 0 for table in TABLES}  # rows read, ever (equals the rows up to the position)
         self.spans = SpanStream(config)
         self.credentials = CredentialStream(config)
+        self.secrets = secret_exposure.SecretStream(config)
         self.book = AnomalyBook()
+
+    @property
+    def streams(self) -> tuple:
+        return self.spans, self.credentials, self.secrets
+
+    def upgrade(self, config: DetectorConfig) -> None:
+        """A checkpoint of a release that tailed fewer tables: the new ones start at their beginning."""
+        for table in TABLES:
+            self.positions.setdefault(table, 0)
+            self.processed.setdefault(table, 0)
+        if not hasattr(self, "secrets"):
+            self.secrets = secret_exposure.SecretStream(config)
 
     def encode(self) -> str:
         """The model state: pickled (river objects included), zlib-compressed, base64."""
@@ -162,25 +176,30 @@ class DetectorWorker:
         span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
         credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
                                                                 max_rows)
-        rows = len(span_rows) + len(credential_rows)
-        moved = (span_to, credential_to) != (state.positions["agent_spans"], state.positions["credential_events"])
+        secret_rows, secret_to = secret_exposure.read(self.tails[secret_exposure.TABLE], client,
+                                                      state.positions[secret_exposure.TABLE], max_rows,
+                                                      self._table_shard(secret_exposure.TABLE))
+        rows = len(span_rows) + len(credential_rows) + len(secret_rows)
+        moved = (span_to, credential_to, secret_to) != tuple(state.positions[table] for table in TABLES)
         self.stats["caught_up"] = rows == 0
         if rows == 0:
             if moved:  # blocks of other shards only: move past them (checkpointed with the next batch)
-                state.positions.update(agent_spans=span_to, credential_events=credential_to)
+                state.positions.update(zip(TABLES, (span_to, credential_to, secret_to)))
                 self._pending = True
             self._state = state
             return 0
         self.stats["last_ingested_us"] = max([self.stats["last_ingested_us"]]
-                                             + [r.ingested_us for r in span_rows[-1:] + credential_rows[-1:]])
+                                             + [r.ingested_us for r in span_rows[-1:] + credential_rows[-1:]
+                                                + secret_rows[-1:]])
         state.spans.process(span_rows, state.book)
         state.credentials.process(credential_rows, state.book, state.spans)
-        state.positions.update(agent_spans=span_to, credential_events=credential_to)
-        state.processed["agent_spans"] += len(span_rows)
-        state.processed["credential_events"] += len(credential_rows)
+        state.secrets.process(secret_rows, state.book, state.spans)
+        state.positions.update(zip(TABLES, (span_to, credential_to, secret_to)))
+        for table, read in zip(TABLES, (span_rows, credential_rows, secret_rows)):
+            state.processed[table] += len(read)
         changed = state.book.take_dirty()
         for a in changed:
-            stream = state.spans if a.kind in state.spans.by_kind else state.credentials
+            stream = next(s for s in state.streams if a.kind in s.by_kind)
             a.summary, a.evidence = stream.render(a)
             if a.raised_by is not None:  # the span whose arrival raised it: where to start reading the trace
                 trace_id, span_id, at_ns, ingested_us = a.raised_by
@@ -329,8 +348,9 @@ class DetectorWorker:
             state = WorkerState(self.config)
             state.positions = {table: int(positions.get(table, 0)) for table in TABLES}
             state.processed = {table: self._stored_through(table, state.positions[table]) for table in TABLES}
-        state.spans.configure(self.config)
-        state.credentials.configure(self.config)
+        state.upgrade(self.config)
+        for stream in state.streams:
+            stream.configure(self.config)
         return state
 
     def _from_old_checkpoint(self, positions: dict) -> WorkerState:
@@ -376,7 +396,7 @@ class DetectorWorker:
         return "" if n == 1 else f" AND cityHash64({expression}) % {n} = {k}"
 
     def _table_shard(self, table: str) -> str:
-        if table == "agent_spans":
+        if table != "credential_events":
             return self._shard_filter("Tenant")
         k, n = self.shard
         return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "

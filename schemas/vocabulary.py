@@ -157,3 +157,31 @@ HALT_SCOPES = ("trace", "agent", "tenant")
 HALT_ACTIONS = ("halt", "release")
 HALT_CALLS = ("all", "model")
 POLICY_DECIDER = "policy"  # `halts.DecidedBy` of the detectors' containment policy; a person's is 'cli:<user>'
+DASHBOARD_DECIDER = "dashboard:"  # `halts.DecidedBy` of a person acting in the dashboard: 'dashboard:<viewer name>'
+
+# --- audit log (`audit_log.Action`) -----------------------------------------------------------------------
+# Who did what with the fleet's data: signed in, opened a trace or a payload, changed an anomaly's status,
+# halted or released, created or revoked an API key. Rows are appended and never changed.
+AUDIT_SIGN_IN = "sign_in"
+AUDIT_TRACE_OPENED = "trace_opened"
+AUDIT_PAYLOAD_OPENED = "payload_opened"
+AUDIT_ANOMALY_STATUS = {"acknowledged": "anomaly_acknowledged", "resolved": "anomaly_resolved",
+                        "open": "anomaly_reopened"}  # by the anomaly's new status
+AUDIT_HALT = "halt"
+AUDIT_RELEASE = "release"
+AUDIT_KEY_CREATED = "api_key_created"
+AUDIT_KEY_REVOKED = "api_key_revoked"
+AUDIT_TENANT_DELETED = "tenant_deleted"  # `agentwatch tenant delete`: every row of the tenant removed
+AUDIT_ACTIONS = (AUDIT_SIGN_IN, AUDIT_TRACE_OPENED, AUDIT_PAYLOAD_OPENED, *AUDIT_ANOMALY_STATUS.values(), AUDIT_HALT,
+                 AUDIT_RELEASE, AUDIT_KEY_CREATED, AUDIT_KEY_REVOKED, AUDIT_TENANT_DELETED)
+
+# --- retention (`AGENTWATCH_RETENTION_<CLASS>_DAYS`, `retention_ttls.DataClass`) ---------------------------
+# The classes of stored data, each kept for its own number of days (0: forever); schemas/retention.py says
+# which tables and columns belong to each. Read-only mapping: class -> what it holds.
+RETENTION_CLASSES: Mapping[str, str] = MappingProxyType({
+    "payload": "captured text: raw OTel span and log rows, and the short attribute values the replay index copies",
+    "spans": "typed span and credential rows, the replay index and the per-minute, per-hour and per-trace rollups",
+    "metrics": "OTel metric points (GPU and others)",
+    "anomalies": "anomalies, their alert deliveries and the secret findings (type, fingerprint) behind them",
+    "audit": "the audit log",
+})

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agentwatch.collector.receiver.records import EXPANSION, MIN_ROWS_BUDGET, BadRequest, Rows, to_rows
+from agentwatch.collector.receiver.secrets import SecretPolicy, might_hold_secret
 
 __all__ = ["BadRequest", "Converted", "convert", "decode", "encode_rows", "warm_up"]
 
@@ -96,13 +97,16 @@ _pricer = None
 
 
 def warm_up() -> None:
-    """Load the price data in a fresh worker before the first request needs it."""
+    """Load the price data and the secret rules in a fresh worker before the first request needs them."""
     convert("traces", b"", False, None)
+    might_hold_secret("")
 
 
-def convert(signal: str, body: bytes | None, is_json: bool, tenant: str | None, message=None) -> Converted:
+def convert(signal: str, body: bytes | None, is_json: bool, tenant: str | None, message=None,
+            secrets: SecretPolicy | None = None) -> Converted:
     """Decode and convert one request. Pure and picklable: the receiver runs it in
-    worker processes, since converting spans in Python is CPU-bound."""
+    worker processes, since converting spans in Python is CPU-bound. `secrets`: scan
+    payloads for credential material by this policy (None: store as sent, unscanned)."""
     global _pricer
     if _pricer is None:
         from agentwatch.collector.receiver.pricing import Pricer
@@ -111,8 +115,10 @@ def convert(signal: str, body: bytes | None, is_json: bool, tenant: str | None, 
     if message is None:
         message = decode(signal, body, is_json)
     size = len(body) if body is not None else message.ByteSize()
+    if secrets is not None and body and not is_json:
+        secrets = secrets.within(body)  # one pass over the body answers for most requests
     unknown: list[str] = []
     _pricer.on_unknown = unknown.append
-    rows = to_rows(signal, message, tenant, _pricer, Rows(budget=max(MIN_ROWS_BUDGET, EXPANSION * size)))
+    rows = to_rows(signal, message, tenant, _pricer, Rows(budget=max(MIN_ROWS_BUDGET, EXPANSION * size)), secrets)
     blocks = [(table, encode_rows(table_rows), len(table_rows)) for table, table_rows in rows.tables.items()]
     return Converted(blocks, rows.accepted, rows.rejected, rows.error_message, unknown)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from agentwatch.collector.receiver.secrets import FINDINGS_TABLE, SecretPolicy, scan_log, scan_span
 from agentwatch.schemas.attributes import TENANT_ID
 
 SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
@@ -65,6 +66,14 @@ class Rows:
                              "attributes are stored with every record): send fewer records per request")
         self.tables.setdefault(table, []).append(row)
         self.accepted += 1
+
+    def add_findings(self, found: list[dict]) -> None:
+        """secret_findings rows of the record just added (not records of the request: not counted as accepted)."""
+        self.spent += ROW_BYTES * len(found)
+        if self.spent > self.budget:
+            raise BadRequest(f"request expands to more than {self.budget} bytes of rows: send fewer records "
+                             "per request")
+        self.tables.setdefault(FINDINGS_TABLE, []).extend(found)
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -180,8 +189,10 @@ def span_problem(span) -> str | None:
     return None
 
 
-def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None) -> Rows:
-    """Rows for otel_traces. `tenant` (from an API key) overrides what spans claim."""
+def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None,
+               secrets: SecretPolicy | None = None) -> Rows:
+    """Rows for otel_traces. `tenant` (from an API key) overrides what spans claim; `secrets`: scan
+    payloads for credential material (secrets.py)."""
     rows = rows or Rows()
     for resource_spans in request.resource_spans:
         resource = attributes(resource_spans.resource.attributes)
@@ -238,6 +249,10 @@ def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows 
                     row["Links.TraceState"] = [link.trace_state for link in links]
                     row["Links.Attributes"] = [attributes(link.attributes) for link in links]
                 rows.add("otel_traces", row, repeated)
+                if secrets is not None:
+                    found = scan_span(row, secrets)
+                    if found:
+                        rows.add_findings(found)
     return rows
 
 
@@ -346,7 +361,7 @@ def log_problem(record) -> str | None:
     return None
 
 
-def log_rows(request, tenant: str | None, rows: Rows | None = None) -> Rows:
+def log_rows(request, tenant: str | None, rows: Rows | None = None, secrets: SecretPolicy | None = None) -> Rows:
     rows = rows or Rows()
     for resource_logs in request.resource_logs:
         resource = attributes(resource_logs.resource.attributes)
@@ -366,7 +381,7 @@ def log_rows(request, tenant: str | None, rows: Rows | None = None) -> Rows:
                 attrs = attributes(record.attributes)
                 if record.event_name:
                     attrs.setdefault("event.name", record.event_name)
-                rows.add("otel_logs", {
+                row = {
                     "Timestamp": timestamp(record.time_unix_nano or record.observed_time_unix_nano),
                     "TraceId": optional_id(record.trace_id, 16),
                     "SpanId": optional_id(record.span_id, 8),
@@ -382,13 +397,19 @@ def log_rows(request, tenant: str | None, rows: Rows | None = None) -> Rows:
                     "ScopeVersion": scope.version,
                     "ScopeAttributes": scope_attrs,
                     "LogAttributes": attrs,
-                }, repeated)
+                }
+                rows.add("otel_logs", row, repeated)
+                if secrets is not None:
+                    found = scan_log(row, secrets)
+                    if found:
+                        rows.add_findings(found)
     return rows
 
 
-def to_rows(signal: str, request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None) -> Rows:
+def to_rows(signal: str, request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None,
+            secrets: SecretPolicy | None = None) -> Rows:
     if signal == "traces":
-        return trace_rows(request, tenant, price, rows)
+        return trace_rows(request, tenant, price, rows, secrets)
     if signal == "metrics":
         return metric_rows(request, tenant, rows)
-    return log_rows(request, tenant, rows)
+    return log_rows(request, tenant, rows, secrets)
