@@ -643,7 +643,8 @@ def test_an_insert_that_commits_late_is_processed_once(dsn, unit_db):
     # the late cross-tenant use was judged like any other
     assert [a.kind for a in evaluation.load_anomalies(client)] == ["cross_tenant"]
     assert worker.audit() == {"agent_spans": {"stored": 48, "processed": 48, "pending": 0},
-                              "credential_events": {"stored": 2, "processed": 2, "pending": 0}}
+                              "credential_events": {"stored": 2, "processed": 2, "pending": 0},
+                              "secret_findings": {"stored": 0, "processed": 0, "pending": 0}}
     restarted = _worker(dsn, database, **UNIT)
     assert restarted.run_once() == 0
     assert restarted.audit()["agent_spans"] == {"stored": 48, "processed": 48, "pending": 0}
