@@ -30,7 +30,7 @@ from agentwatch.detectors.alerting.links import ActionSigner  # noqa: E402
 from agentwatch.schemas import halts, store  # noqa: E402
 from tests.helpers import fresh_database, start_receiver  # noqa: E402
 
-KEY = "bench-signing-key"
+KEY = "bench-signing-key-of-at-least-32-characters"
 
 
 def confirm_to_served(base: str, signer: ActionSigner, count: int) -> list[float]:

@@ -9,8 +9,10 @@ signed with another key or expired are refused with a 4xx, and counted.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import string
 import time
 import urllib.error
 import urllib.parse
@@ -18,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from agentwatch.detectors.alerting.links import Action, sign, token_id
+from agentwatch.detectors.alerting.links import Action, ActionSigner, sign, token_id
 from agentwatch.detectors.alerts import AlertConfig, AlertDispatcher
 from agentwatch.detectors.anomalies import Anomaly
 from agentwatch.detectors.containment import Containment, Policy
@@ -143,6 +145,15 @@ def test_confirming_halts_and_the_verdicts_serve_it_and_the_link_works_once(aler
     status, _, _ = fetch(url)
     assert status == 409
     assert metric(keyed, "POST", "used") == used_before + 1
+    # Other spellings of the same signature (padding, the spare bits of its last character) are not new links.
+    signature = url.rsplit(".", 1)[1]
+    same_bytes = [signature[:-1] + c for c in string.ascii_letters + string.digits + "-_" if c != signature[-1]
+                  and base64.urlsafe_b64decode(signature[:-1] + c + "=") == base64.urlsafe_b64decode(signature + "=")]
+    assert same_bytes  # a 32-byte MAC's last character carries spare bits
+    for respelled in (url + "=", url + "==", url.rsplit(".", 1)[0] + "." + same_bytes[0]):
+        status, page, _ = fetch(respelled, {})
+        assert status in (400, 409), (respelled, status)
+    assert [v["halt_id"] for v in in_force(keyed, "agent", "planner-9")] == [verdict["halt_id"]]
 
 
 def test_confirming_a_release_lifts_the_halt_without_touching_the_others(alert, keyed, client):
@@ -181,6 +192,11 @@ def test_altered_cut_foreign_and_expired_tokens_are_refused_and_counted(alert, k
     assert metric(keyed, "POST", "expired") == before["expired"] + 1
     assert not in_force(keyed, "tenant", "globex") and not in_force(keyed, "tenant", "acme")
     assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", good)  # safe in a URL path as is
+
+
+def test_a_short_signing_key_is_refused():
+    with pytest.raises(ValueError, match="at least 32 characters"):
+        ActionSigner("short-key", "http://127.0.0.1:4318", 3600)
 
 
 def test_a_receiver_without_a_key_refuses_links(receiver, alert):

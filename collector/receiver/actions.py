@@ -37,7 +37,7 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter
 
-from agentwatch.detectors.alerting.links import PATH, Action, TokenError, token_id, verify
+from agentwatch.detectors.alerting.links import PATH, Action, TokenError, check_key, token_id, verify
 from agentwatch.schemas import audit, halts
 from agentwatch.schemas.vocabulary import AUDIT_HALT, AUDIT_RELEASE
 
@@ -74,6 +74,8 @@ class Actions:
         self._connect = connect
         self._client: Client | None = None
         self._key = signing_key(key)
+        if self._key:
+            check_key(self._key)
         self._lock = asyncio.Lock()  # one decision at a time here: a double click acts once
         registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter("agentwatch_action_link_requests", "Signed alert links answered, by method and "

@@ -93,6 +93,17 @@ def sign(key: str, action: Action) -> str:
     return f"{payload_part}.{_b64(_mac(key, payload_part))}"
 
 
+MIN_KEY_LENGTH = 32  # characters: anyone holding one link may try keys offline against its signature
+
+
+def check_key(key: str) -> str:
+    """`key`, if long enough to sign links; ValueError otherwise."""
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"AGENTWATCH_ACTIONS_KEY must be at least {MIN_KEY_LENGTH} characters (a long random "
+                         "secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return key
+
+
 def verify(key: str, token: str, now: float | None = None) -> Action:
     """The action a token signs, or TokenError (malformed, forged, expired)."""
     payload_part, dot, signature_part = token.partition(".")
@@ -102,6 +113,10 @@ def verify(key: str, token: str, now: float | None = None) -> Action:
         signature = _unb64(signature_part)
     except (binascii.Error, ValueError):
         raise TokenError("malformed", "this link is damaged: copy the whole link from the alert") from None
+    # One spelling per token: base64 decoding forgives padding and spare bits, and a variant spelling of a
+    # used link must not pass as a new one.
+    if _b64(signature) != signature_part:
+        raise TokenError("malformed", "this link is damaged: copy the whole link from the alert")
     if not hmac.compare_digest(signature, _mac(key, payload_part)):
         raise TokenError("forged", "this link's signature does not match: it was altered or not made here")
     try:
@@ -120,15 +135,16 @@ def verify(key: str, token: str, now: float | None = None) -> Action:
 
 
 def token_id(token: str) -> str:
-    """A stable id for one token (its signature's digest): the HaltId of what it writes, so it acts once."""
-    return "link-" + hashlib.sha256(token.rpartition(".")[2].encode()).hexdigest()[:32]
+    """A stable id for one token: the digest of what it signs (the payload text the MAC covers, so no
+    other spelling verifies), the HaltId of what it writes, so it acts once."""
+    return "link-" + hashlib.sha256(token.partition(".")[0].encode()).hexdigest()[:32]
 
 
 class ActionSigner:
     """Makes the links of one anomaly: halt and release of each of its trace, agent and tenant."""
 
     def __init__(self, key: str, base_url: str, ttl_s: float):
-        self.key = key
+        self.key = check_key(key)
         self.base_url = base_url.rstrip("/")
         self.ttl_s = ttl_s
 
