@@ -190,9 +190,10 @@ def viewer_from_claims(claims: Mapping, s: config.Settings, via: str = "oidc") -
 
     The local mapping wins over the claims: the operator's grant is the one to trust.
     """
-    # An address the provider says it has not verified names nobody: anyone could have typed it.
+    # An address names the user only when the provider says it verified it: some providers let a user
+    # type any address (and send no email_verified), which would borrow that address's grant.
     usable = [key for key in NAME_CLAIMS if claims.get(key) and not (key == "email" and
-                                                                     claims.get("email_verified") is False)]
+                                                                     claims.get("email_verified") not in (True, "true"))]
     name = str(claims[usable[0]]) if usable else ""
     if not name:
         return None

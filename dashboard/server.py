@@ -121,6 +121,9 @@ def serve(port: int = 8501, host: str = "127.0.0.1", dsn: str | None = None, dat
     if database:
         os.environ["AGENTWATCH_DATABASE"] = database
     os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    # The server under Streamlit takes a loopback peer's X-Forwarded-For as the client's address by default;
+    # sign-in decides on the address that really connected (the trusted proxy's, or loopback's), so none.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     from streamlit.web import bootstrap
 
     options = streamlit_options(port, host)

@@ -116,14 +116,17 @@ def oidc(tmp_path_factory):
     port = free_port()
     redirect = f"http://127.0.0.1:{port}/oauth2callback"
     provider = OIDCProvider(CLIENT_ID, CLIENT_SECRET, [redirect], {
-        "vera": User("vera-pw", {"email": "vera@acme.test", "name": "Vera", ROLES_CLAIM: "viewer",
-                                 TENANTS_CLAIM: ["acme"]}),
-        "ada": User("ada-pw", {"email": "ada@ops.test", "name": "Ada", ROLES_CLAIM: ["viewer", "admin"]}),
-        "ned": User("ned-pw", {"email": "ned@acme.test", "name": "Ned"}),  # granted nothing
+        "vera": User("vera-pw", {"email": "vera@acme.test", "email_verified": True, "name": "Vera",
+                                 ROLES_CLAIM: "viewer", TENANTS_CLAIM: ["acme"]}),
+        "ada": User("ada-pw", {"email": "ada@ops.test", "email_verified": True, "name": "Ada",
+                               ROLES_CLAIM: ["viewer", "admin"]}),
+        "ned": User("ned-pw", {"email": "ned@acme.test", "email_verified": True, "name": "Ned"}),  # granted nothing
         # The provider says admin; the operator's mapping file says responder of globex, and wins.
-        "mo": User("mo-pw", {"email": "mo@globex.test", ROLES_CLAIM: "admin"}),
-        # An address the provider has not verified borrows nobody's grant: eve is known by her subject only.
+        "mo": User("mo-pw", {"email": "mo@globex.test", "email_verified": True, ROLES_CLAIM: "admin"}),
+        # An address the provider has not verified, or does not say it verified (providers that let a user
+        # type any address), borrows nobody's grant: eve and zed are known by their subjects only.
         "eve": User("eve-pw", {"email": "mo@globex.test", "email_verified": False}),
+        "zed": User("zed-pw", {"email": "mo@globex.test"}),
     }).start()
     users = base / "users.toml"
     users.write_text('["mo@globex.test"]\nrole = "responder"\ntenants = ["globex"]\n')
@@ -165,6 +168,7 @@ def sign_in(page: Page, url: str, username: str, password: str) -> None:
     ("ned", "viewer: ned@acme.test | viewer | ", "Signed in as ned@acme.test · viewer · no tenant"),
     ("mo", "viewer: mo@globex.test | responder | globex", "Signed in as mo@globex.test · responder · globex"),
     ("eve", "viewer: eve | viewer | ", "Signed in as eve · viewer · no tenant"),
+    ("zed", "viewer: zed | viewer | ", "Signed in as zed · viewer · no tenant"),
 ])
 def test_oidc_sign_in_grants_the_claimed_role_and_tenants(oidc, page, username, shown, sidebar):
     provider, dashboard = oidc
@@ -310,8 +314,9 @@ def fleet_dashboard(tmp_path_factory):
     port = free_port()
     redirect = f"http://127.0.0.1:{port}/oauth2callback"
     provider = OIDCProvider(CLIENT_ID, CLIENT_SECRET, [redirect], {
-        "vera": User("vera-pw", {"email": "vera@acme.test", ROLES_CLAIM: "viewer", TENANTS_CLAIM: ["acme"]}),
-        "ada": User("ada-pw", {"email": "ada@ops.test", ROLES_CLAIM: "admin"}),
+        "vera": User("vera-pw", {"email": "vera@acme.test", "email_verified": True, ROLES_CLAIM: "viewer",
+                                 TENANTS_CLAIM: ["acme"]}),
+        "ada": User("ada-pw", {"email": "ada@ops.test", "email_verified": True, ROLES_CLAIM: "admin"}),
     }).start()
     env = clean_env(data_dir=str(base / "data"), dashboard_port=str(port), oidc_issuer=provider.issuer,
                     oidc_client_id=CLIENT_ID, oidc_client_secret=CLIENT_SECRET, oidc_redirect_uri=redirect,
