@@ -11,8 +11,11 @@ later migration adds is covered by what its columns say:
   tenant's spans; a trace only (`TraceId`; trace start/end): the traces no other tenant has spans in;
 - no tenant, but an anomaly (`AnomalyId`; alert deliveries): the rows of the tenant's anomalies.
 
-Tables with none of these hold no tenant's data (migrations, leases, checkpoints, prices,
-retention) and are left alone. `audit_log` is kept whole: it is the record of who did what
+Tables with none of these hold no tenant's data (migrations, leases, prices, retention) and
+are left alone. The detectors' checkpoints (`detector_state`) hold learned models: per-tenant
+aggregates (rates, counts, the trace ids of a few open cases), never payload text. They are
+not rewritten here; emptying `detector_state` while the detectors are stopped removes them,
+and the detectors then learn every tenant afresh. `audit_log` is kept whole: it is the record of who did what
 to the tenant's data, and this deletion is added to it.
 
 Rows go with ALTER TABLE ... DELETE (a mutation that rewrites the parts, so the data is gone
@@ -66,6 +69,7 @@ def scopes(columns: dict[str, set[str]], tenant: str, database: str) -> tuple[li
     """(the tables holding rows of `tenant`, how; the tables holding no tenant's rows), from each table's columns."""
     t, db = sql_list([tenant]), f"`{database}`"
     spans_of_tenant = f"SELECT TraceId, SpanId FROM {db}.agent_spans WHERE Tenant IN {t}"
+    spans_of_tenant_at = f"SELECT TraceId, SpanId, Timestamp FROM {db}.agent_spans WHERE Tenant IN {t}"
     found, untouched = [], []
     for table in sorted(columns):
         names = columns[table]
@@ -78,6 +82,10 @@ def scopes(columns: dict[str, set[str]], tenant: str, database: str) -> tuple[li
             read = ([f"nullIf({own}['{TENANT_ID}'], '')"] if own else []) + [
                 f"nullIf(ResourceAttributes['{TENANT_ID}'], '')", f"'{DEFAULT_TENANT}'"]
             found.append(Scope(table, "attributes", f"coalesce({', '.join(read)}) IN {t}", 1))
+        elif {"TraceId", "SpanId", "Timestamp"} <= names:
+            # Another tenant may export a span under the same trace and span id (both travel in trace
+            # context headers): the start time pins the tenant's own row.
+            found.append(Scope(table, "spans", f"(TraceId, SpanId, Timestamp) IN ({spans_of_tenant_at})", 0))
         elif {"TraceId", "SpanId"} <= names:
             found.append(Scope(table, "spans", f"(TraceId, SpanId) IN ({spans_of_tenant})", 0))
         elif "TraceId" in names:
