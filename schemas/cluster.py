@@ -12,6 +12,8 @@ rules below (`render`):
   view fires on the node that receives the insert into its source, so it must watch the
   local table). It writes `t_local` when `t` and `s` share their sharding key (the rows are
   already on the right shard) and through the Distributed `t` otherwise (re-sharding).
+- `ALTER TABLE v MODIFY QUERY` replaces a view's query ON CLUSTER, reading the local tables as
+  its `CREATE` does.
 - `ALTER TABLE t MODIFY SETTING` goes to `t_local`, less the settings in LEFT_OUT; column
   changes go to `t_local` and `t`. TTLs (`MODIFY TTL`, `REMOVE TTL`, a column's `TTL`) and
   `DELETE WHERE` go to `t_local` only: the rows live there, a Distributed table holds none.
@@ -199,6 +201,8 @@ class _Renderer:
     def alter(self, sql: str) -> list[str]:
         m = self.head(r"ALTER TABLE DB\.(?P<name>\w+)\s+", sql)
         name, action = m["name"], m["rest"]
+        if action.startswith("MODIFY QUERY"):  # a view's query, replaced in place on every node
+            return [f"ALTER TABLE {self.db}.{name} {self.on} {self.to_local(action)}"]
         self.key(name)
         if action.startswith("MODIFY SETTING "):
             kept = _kept_settings(action[len("MODIFY SETTING "):])

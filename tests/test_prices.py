@@ -136,5 +136,6 @@ def test_cluster_rendering_prices_from_every_shard():
     dictionary = next(s for s in statements if s.startswith("CREATE DICTIONARY"))
     assert "ON CLUSTER 'prod'" in dictionary
     assert "FROM `agentwatch`.model_prices FINAL" in dictionary  # the Distributed table: all shards
-    view = next(s for s in statements if s.startswith("CREATE MATERIALIZED VIEW"))
+    view = next(s for s in statements if "MODIFY QUERY" in s)
+    assert view.startswith("ALTER TABLE `agentwatch`.agent_spans_mv ON CLUSTER 'prod' MODIFY QUERY")
     assert "'agentwatch.model_prices_dict'" in view and "FROM `agentwatch`.otel_traces_local" in view

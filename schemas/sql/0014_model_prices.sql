@@ -48,10 +48,9 @@ LAYOUT(COMPLEX_KEY_RANGE_HASHED())
 RANGE(MIN ValidFrom MAX ValidTo);
 
 -- The typed view of 0006, with CostUSD priced from the dictionary when the span carries no cost: the
--- span's provider name first, then the model under any provider (the receiver's fallback too).
-DROP VIEW IF EXISTS {db}.agent_spans_mv;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.agent_spans_mv TO {db}.agent_spans AS
+-- span's provider name first, then the model under any provider (the receiver's fallback too). Its query
+-- is replaced in place: no insert meets the view missing (spans lost) or twice (spans doubled).
+ALTER TABLE {db}.agent_spans_mv MODIFY QUERY
 WITH
     '{database}.model_prices_dict' AS prices,
     toDate(Timestamp, 'UTC') AS price_day,
