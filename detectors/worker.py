@@ -55,6 +55,7 @@ from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import SETTINGS as BY_BLOCK
 from agentwatch.detectors.tailing import Batch, Tail
+from agentwatch.schemas import store
 from agentwatch.schemas.attributes import TOOL_ARGUMENTS_KEYS
 
 log = logging.getLogger(__name__)
@@ -381,12 +382,8 @@ class DetectorWorker:
 
     def close(self) -> None:
         """Drop the connection and the in-memory state (the next batch restores the checkpoint)."""
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-            self._client = None
+        store.close_quietly(self._client)
+        self._client = None
         self._state = None
 
     # --- reading -------------------------------------------------------------------------------------------

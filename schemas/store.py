@@ -89,3 +89,13 @@ def connect(dsn: str | None = None, database: str | None = None, create: bool = 
         client.command(f"CREATE DATABASE IF NOT EXISTS `{name}`")
     client.database = name
     return client
+
+
+def close_quietly(client: Client | None) -> None:
+    """Close a connection that may already be broken (a reader about to reconnect): best effort."""
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
+        pass

@@ -38,7 +38,7 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter
 
 from agentwatch.detectors.alerting.links import PATH, Action, TokenError, check_key, token_id, verify
-from agentwatch.schemas import audit, halts
+from agentwatch.schemas import audit, halts, store
 from agentwatch.schemas.vocabulary import AUDIT_HALT, AUDIT_RELEASE
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,8 @@ class Actions:
         return self._client
 
     def _drop_client(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-            self._client = None
+        store.close_quietly(self._client)
+        self._client = None
 
     def _read_state(self, action: Action, token: str) -> tuple[halts.Decision | None, halts.Decision | None]:
         """(the decision this token already made, or None; the halt in force on its target, or None)."""

@@ -43,7 +43,7 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
-from agentwatch.schemas import halts
+from agentwatch.schemas import halts, store
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,8 @@ class Verdicts:
             decisions = await asyncio.get_running_loop().run_in_executor(None, self._read)
         except Exception as error:  # noqa: BLE001 - serve what was read last
             log.warning("verdicts: cannot read halts (%s); serving the last read", error)
-            if self._client is not None:
-                try:
-                    self._client.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    pass
-                self._client = None
+            store.close_quietly(self._client)
+            self._client = None
         else:
             everyone = [d.verdict() for d in decisions]  # ordered by tenant, scope, target
             by_tenant: dict[str, list[dict]] = {}
