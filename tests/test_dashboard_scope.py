@@ -316,3 +316,105 @@ def test_nobody_signed_in_sees_no_page_and_no_data(store, monkeypatch):
     assert not [w for w in at.sidebar.radio if w.key == "page"]
     shown = everything_shown(at)
     assert "acme" not in shown and TRACE["acme"] not in shown and not at.dataframe
+
+
+# --- a span id another tenant sends again ------------------------------------------------------------------
+
+CLASH_TRACE = "c1a5c1a5c1a5c1a5c1a5c1a5c1a50003"
+CLASH_ROOT, CLASH_SPAN = "c1a50000000000a1", "c1a50000000000c4"
+SECRET = {t: f"{t} secret: " + "keep the ledger closed, " * 40 + f"the end of {t}'s secret." for t in TENANTS}
+NOTE = {t: f"{t}-note" for t in TENANTS}
+GLOBEX_VIEWER = Viewer("gil@globex", "viewer", frozenset({"globex"}), via="oidc")
+
+
+def _clash_rows(tenant: str, span_id: str, parent: str, at: int, service: str = "acme-agents") -> dict:
+    row = _span(tenant, span_id, parent, "chat gpt-4o", at, 10 * NS,
+                {"gen_ai.operation.name": "chat", "gen_ai.output.messages": SECRET[tenant], "clash.note": NOTE[tenant]})
+    row.update(TraceId=CLASH_TRACE, ServiceName=service)
+    row["ResourceAttributes"] = {**row["ResourceAttributes"], "service.name": service}
+    return row
+
+
+@pytest.fixture(scope="module")
+def clash(store):
+    """acme's trace, and globex's spans sent with acme's TraceId and the SpanId of acme's model call: one with
+    every part of its key (start, service, name) the same, one a second later. Each carries its tenant's secret."""
+    at = time.time_ns() - 300 * NS
+    root = {**_span("acme", CLASH_ROOT, "", "invoke_agent planner", at, 30 * NS,
+                    {"gen_ai.operation.name": "invoke_agent"}), "TraceId": CLASH_TRACE}
+    rows = [_clash_rows("globex", CLASH_SPAN, CLASH_ROOT, at + NS), _clash_rows("globex", CLASH_SPAN, "", at + 2 * NS)]
+    store.insert("otel_traces", [list(r.values()) for r in rows], column_names=list(rows[0]))
+    rows = [root, _clash_rows("acme", CLASH_SPAN, CLASH_ROOT, at + NS)]
+    store.insert("otel_traces", [list(r.values()) for r in rows], column_names=list(rows[0]))
+    return at
+
+
+def _marks(tenant: str) -> tuple[str, ...]:
+    return f"the end of {tenant}'s secret", NOTE[tenant], AGENT[tenant]
+
+
+def test_a_span_sent_again_with_another_tenants_ids_shows_nobody_the_other_tenants_span(clash, store, monkeypatch):
+    payload_key = "gen_ai.output.messages"
+    shared = {"TraceId": CLASH_TRACE, "SpanId": CLASH_SPAN}
+    same_key = {**shared, "StartNs": clash + NS, "ServiceName": "acme-agents", "SpanName": "chat gpt-4o"}
+    later = {**same_key, "StartNs": clash + 2 * NS}
+    for viewer, own, other in ((VIEWER, "acme", "globex"), (GLOBEX_VIEWER, "globex", "acme")):
+        leaked = lambda text: [m for m in _marks(other) if m in text]  # noqa: E731
+        # the spans (the replay's and the Spans view's): the viewer's own row, with its own attributes
+        trace = trace_model.load(store, viewer, CLASH_TRACE)
+        assert set(trace.spans["Tenant"]) == {own} and not leaked(str(trace.spans.to_dicts())), own
+        span = trace.span(CLASH_SPAN)
+        assert span["Attributes"]["clash.note"] == NOTE[own]
+        assert trace.payloads(CLASH_SPAN) == {payload_key: len(SECRET[own])}
+        # payload reads, whichever key they are given
+        for ref in (shared, same_key, later):
+            payload = data.span_payload(store, viewer, ref, payload_key)
+            small = data.span_attributes(store, viewer, ref)
+            assert payload in (None, SECRET[own]) and small.get("clash.note") in (None, NOTE[own]), (own, ref)
+        assert data.span_payload(store, viewer, same_key, payload_key) == SECRET[own]
+        assert (data.span_payload(store, viewer, later, payload_key) is None) is (own == "acme")
+        whole = data.spans_attributes(store, viewer, CLASH_TRACE, [CLASH_SPAN], clash - NS, clash + 60 * NS)
+        assert whole[CLASH_SPAN]["clash.note"] == NOTE[own] and not leaked(str(whole))
+        # search and the download of the whole trace
+        hits = data.search_trace(store, viewer, CLASH_TRACE, "secret")
+        assert not hits.is_empty() and not leaked(hits.write_csv())
+        assert data.search_trace(store, viewer, CLASH_TRACE, f"the end of {other}").is_empty()
+        assert data.search_trace(store, viewer, CLASH_TRACE, NOTE[other]).is_empty()
+        lines = [json.loads(line) for line in b"".join(data.export_trace(store, viewer, CLASH_TRACE)).splitlines()]
+        assert {line["SpanAttributes"]["agentwatch.tenant.id"] for line in lines} == {own}
+        assert any(SECRET[own] in json.dumps(line) for line in lines) and not leaked(json.dumps(lines))
+        # the pages: the replay on the model call's answer, the Spans view, the Search view
+        at = app(monkeypatch, viewer, trace=CLASH_TRACE)
+        at = ok(at.number_input(key="step").set_value(trace.step_of_span(CLASH_SPAN, end=True)).run())
+        toggle = [t for t in at.toggle if t.key == f"open|{CLASH_SPAN}|{payload_key}"]
+        if toggle:
+            at = ok(toggle[0].set_value(True).run())
+        shown = everything_shown(at)
+        assert f"the end of {own}'s secret" in shown and not leaked(shown), own
+        ok(at.segmented_control(key="trace_view").set_value("Spans").run())
+        assert not leaked(everything_shown(at))
+        ok(at.segmented_control(key="trace_view").set_value("Search").run())
+        at = ok(at.text_input(key="trace_search").set_value("secret").run())
+        assert set(at.dataframe[0].value["SpanId"]) == {CLASH_SPAN} and not leaked(everything_shown(at))
+    # an admin sees both tenants' spans, each with its own attributes and payload
+    lines = [json.loads(line) for line in b"".join(data.export_trace(store, LOCAL_ADMIN, CLASH_TRACE)).splitlines()]
+    by_tenant = {}
+    for line in lines:
+        by_tenant.setdefault(line["SpanAttributes"]["agentwatch.tenant.id"], []).append(line)
+    assert sorted(by_tenant) == sorted(TENANTS) and len(by_tenant["globex"]) == 2
+    for row in data.trace_spans(store, LOCAL_ADMIN, CLASH_TRACE).iter_rows(named=True):
+        assert row["Attributes"]["agentwatch.tenant.id"] == row["Tenant"]
+        if row["SpanId"] == CLASH_SPAN:
+            assert row["Attributes"]["clash.note"] == NOTE[row["Tenant"]]
+
+
+def test_cache_keys_tell_grants_apart_and_telemetry_text_is_drawn_as_typed():
+    from agentwatch.dashboard.views.common import code, literal, scope_key
+
+    one, two = Viewer("x", "viewer", frozenset({"a,b"})), Viewer("y", "viewer", frozenset({"a", "b"}))
+    assert scope_key(one) != scope_key(two) and scope_key(LOCAL_ADMIN) not in (scope_key(one), scope_key(two))
+    injected = "![pixel](https://evil.example/p.png) [click](https://evil.example) <https://evil.example> :red[x]"
+    shown = literal(injected + "\n# heading")
+    assert "\n" not in shown and "](" not in shown.replace("\\](", "") and "\\<https\\:" in shown
+    assert literal("acme-planner-1 (test anomaly)") == "acme-planner-1 (test anomaly)"
+    assert code("agent-1") == "`agent-1`" and "`" not in code("a`](x)").replace("\\`", "")

@@ -85,7 +85,8 @@ def anomaly_baseline(client, viewer: Viewer, row: dict) -> Baseline:
     elif kind == "loop":
         series = frame(client, f"""
             SELECT Minute AS Time, 'agent tool calls/min' AS Series, toFloat64(sum(ToolCalls)) AS Value
-            FROM agent_minutes WHERE {window}{scope} AND AgentId = {{agent:String}} GROUP BY Time ORDER BY Time""",
+            FROM agent_minutes WHERE {window}{scope} AND Tenant = {{tenant:String}} AND AgentId = {{agent:String}}
+            GROUP BY Time ORDER BY Time""",
                        params)
         metric, main = f"tool calls per minute of {row.get('AgentId') or 'the agent'}", "agent tool calls/min"
     else:  # fanout and anything a new detector adds: model calls per minute, tenant and this trace

@@ -15,12 +15,16 @@ import polars as pl
 import pyarrow as pa
 
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.schemas.attributes import TENANT_ID
+from agentwatch.schemas.attributes import TENANT_ID, sql_templates
 
 # Rollup choice: minutes up to this range, hours beyond.
 MINUTE_ROLLUP_MAX = timedelta(days=2)
 # The tenant of a metric data point: the receiver writes the API key's tenant into its resource.
 METRIC_TENANT_SQL = f"ResourceAttributes['{TENANT_ID}']"
+# The tenant of an otel_traces row, as agent_spans types it: the receiver writes the API key's tenant into both
+# its span and its resource attributes. A span is its tenant's by this, never by its (TraceId, SpanId), which any
+# tenant may send again (both travel in W3C traceparent).
+SPAN_TENANT_SQL = sql_templates()["tenant"]
 
 # ClickHouse DateTime / Date arrive through Arrow as integers (seconds / days): these names are times.
 TIME_COLUMNS = ("Minute", "Hour", "Time", "First", "Last", "Start", "End")

@@ -5,6 +5,12 @@ Opening a trace reads `agent_spans` (its `by_trace` projection) and
 payload; one payload is read from `otel_traces` when someone opens it. Spans of
 tenants the viewer is not granted are left out of every read, so a trace of
 another tenant is "not found" like one never stored.
+
+A span is its tenant's by its own row, never by its ids: any tenant may send a
+span with another's TraceId and SpanId (both travel in W3C traceparent), so
+`otel_traces` is read by the row's tenant (`visible_spans`) and
+`trace_span_index`, which has no tenant column, by the exact row of a visible
+span (`_index_scope`), never by a SpanId alone.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import polars as pl
 
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.data.anomaly_queries import ANOMALY_COLUMNS
-from agentwatch.dashboard.data.core import END, START, frame, granted, tenant_scope
+from agentwatch.dashboard.data.core import END, SPAN_TENANT_SQL, START, frame, granted, tenant_scope
+from agentwatch.schemas.attributes import TENANT_ID
 from agentwatch.schemas.vocabulary import CROSS_TENANT_USE_SQL
 
 INLINE_PAYLOAD_BYTES = 32 * 1024  # payloads up to this size load with their step; bigger ones when opened
@@ -40,11 +47,29 @@ def _window(client, trace_id: str, params: dict) -> str:
     return f" AND Timestamp >= {START} AND Timestamp <= {END}"
 
 
+# The key of a span's row in trace_span_index, as agent_spans has it too.
+INDEX_KEY = ("SpanId", "StartNs", "ServiceName", "SpanName")
+# The tenant a trace_span_index row's own span attributes name ('' where they name none, or it was too long
+# to be copied there: then the tenant came from the resource, and the row's key alone decides).
+INDEX_TENANT_SQL = f"Attributes['{TENANT_ID}']"
+
+
 def visible_spans(viewer: Viewer, params: dict) -> str:
-    """For a read of `otel_traces` (no Tenant column) by trace `{t}`: only the spans of the viewer's tenants."""
+    """For a read of `otel_traces` (no Tenant column): only the rows of the viewer's tenants, by each row's
+    own tenant (what agent_spans types it as), so a span another tenant sent with the same ids stays out."""
+    return tenant_scope(viewer, params, column=SPAN_TENANT_SQL)
+
+
+def _index_scope(viewer: Viewer, params: dict, window: str = "") -> str:
+    """For a read of `trace_span_index` of trace `{t}`: only the rows of the viewer's spans, pinned by their
+    whole key (SpanId, Timestamp, ServiceName, SpanName) taken from the viewer's agent_spans rows, and
+    never a row whose span attributes name a tenant the viewer is not granted."""
     if granted(viewer) is None:
         return ""
-    return f" AND SpanId IN (SELECT SpanId FROM agent_spans WHERE TraceId = {{t:String}}{tenant_scope(viewer, params)})"
+    scope = tenant_scope(viewer, params)
+    return (f" AND (SpanId, Timestamp, ServiceName, SpanName) IN (SELECT SpanId, Timestamp, ServiceName, SpanName "
+            f"FROM agent_spans WHERE TraceId = {{t:String}}{window}{scope})"
+            f" AND ({INDEX_TENANT_SQL} = '' OR has({{scope_tenants:Array(String)}}, {INDEX_TENANT_SQL}))")
 
 
 def trace_spans(client, viewer: Viewer, trace_id: str) -> pl.DataFrame:
@@ -60,12 +85,21 @@ def trace_spans(client, viewer: Viewer, trace_id: str) -> pl.DataFrame:
     if typed.is_empty():
         return typed
     index = frame(client, f"""
-        SELECT SpanId, StatusMessage, Attributes, PayloadKeys, PayloadSizes,
+        SELECT SpanId, toUnixTimestamp64Nano(Timestamp) AS StartNs, ServiceName, SpanName,
+               {INDEX_TENANT_SQL} AS IndexTenant, StatusMessage, Attributes, PayloadKeys, PayloadSizes,
                arrayMap(t -> toUnixTimestamp64Nano(t), Events.Timestamp) AS EventNs, Events.Name AS EventNames,
                Events.Attributes AS EventAttributes
-        FROM trace_span_index WHERE TraceId = {{t:String}}{window}""", params)
-    joined = typed.join(index.unique("SpanId"), on="SpanId", how="left")
-    return joined.unique("SpanId", keep="first").sort("StartNs", "SpanId")
+        FROM trace_span_index WHERE TraceId = {{t:String}}{window}{_index_scope(viewer, params, window)}""", params)
+    # a typed row takes the index row of its own span: the same key, and no other tenant named in its
+    # attributes (two tenants' spans may share every part of the key, and an admin sees both); an index row
+    # of another tenant's span is never joined, and never hides the span it was joined to
+    own = pl.col("IndexTenant").is_null() | (pl.col("IndexTenant") == "") | (pl.col("IndexTenant") == pl.col("Tenant"))
+    joined = (typed.join(index, on=list(INDEX_KEY), how="left")
+              .with_columns(*(pl.when(own).then(pl.col(c)).otherwise(pl.lit(None, dtype)).alias(c)
+                              for c, dtype in index.schema.items() if c not in INDEX_KEY), own.alias("Own"))
+              .sort("Own", descending=True, maintain_order=True)
+              .drop("IndexTenant", "Own"))
+    return joined.unique("SpanId", keep="first", maintain_order=True).sort("StartNs", "SpanId")
 
 
 def trace_credentials(client, viewer: Viewer, trace_id: str) -> pl.DataFrame:
@@ -167,9 +201,9 @@ def export_trace(client, viewer: Viewer, trace_id: str, batch_spans: int = 500) 
     """The whole trace as JSON Lines, one span per line, every attribute and event whole."""
     params = {"t": trace_id}
     spans = frame(client, "SELECT SpanId, toUnixTimestamp64Nano(Timestamp) AS StartNs FROM trace_span_index "
-                          f"WHERE TraceId = {{t:String}}{visible_spans(viewer, params)} ORDER BY Timestamp", params)
+                          f"WHERE TraceId = {{t:String}}{_index_scope(viewer, params)} ORDER BY Timestamp", params)
     bounds = _bounds(client, trace_id)
-    ids = spans["SpanId"].to_list()
+    ids = list(dict.fromkeys(spans["SpanId"].to_list()))  # one span id twice (two tenants' spans): read once
     for i in range(0, len(ids), batch_spans):
         params = {"t": trace_id, "ids": ids[i:i + batch_spans], "start": bounds[0] if bounds else 0,
                   "end": bounds[1] if bounds else 2**62}
@@ -178,7 +212,7 @@ def export_trace(client, viewer: Viewer, trace_id: str, batch_spans: int = 500) 
                    ScopeName, SpanAttributes, Duration, StatusCode, StatusMessage, Events.Timestamp, Events.Name,
                    Events.Attributes
             FROM otel_traces WHERE TraceId = {{t:String}} AND SpanId IN {{ids:Array(String)}}
-              AND Timestamp >= {START} AND Timestamp <= {END}
+              AND Timestamp >= {START} AND Timestamp <= {END}{visible_spans(viewer, params)}
             ORDER BY Timestamp""", parameters=params)
         for row in result.named_results():
             record = dict(row)

@@ -10,7 +10,7 @@ import streamlit as st
 from agentwatch.dashboard import charts, data
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.views import containment
-from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, open_trace, table
+from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, literal, open_trace, table
 from agentwatch.schemas.vocabulary import ANOMALY_STATUSES, SEVERITIES, UNRESOLVED_STATUSES, describe_kind
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,12 @@ def detail(db, viewer: Viewer, anomaly_id: str) -> None:
     if a is None:
         st.error(f"No anomaly with id {anomaly_id!r}.")
         return
-    st.subheader(f":material/crisis_alert: {a['Kind']} · {a['Tenant']} · {a['AgentId'] or a['TraceId']}")
+    st.subheader(f":material/crisis_alert: {literal(a['Kind'])} · {literal(a['Tenant'])} · "
+                 f"{literal(a['AgentId'] or a['TraceId'])}")
     st.markdown(f"{SEVERITY_BADGE.get(a['Severity'], a['Severity'])} {STATUS_BADGE.get(a['Status'], a['Status'])}")
     if describe_kind(a["Kind"]):
         st.caption(f"{a['Kind']}: {describe_kind(a['Kind'])}")
-    st.markdown(f"**{a['Summary']}**")
+    st.markdown(f"**{literal(a['Summary'])}**")
     cols = st.columns(5)
     cols[0].metric("Status", a["Status"])
     cols[1].metric("Severity", a["Severity"])

@@ -11,7 +11,7 @@ import streamlit as st
 
 from agentwatch.dashboard import data
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.dashboard.views.common import client
+from agentwatch.dashboard.views.common import client, code, literal
 
 LABELS = {"trace": "trace", "agent": "agent", "tenant": "whole tenant"}
 
@@ -22,11 +22,11 @@ def _decide(action: str, viewer: Viewer, anomaly_id: str, scope: str) -> None:
         if action == "halt":
             calls = "model" if st.session_state.get("halt_model_only") else "all"
             decision = data.halt(client(), viewer, anomaly_id, scope, calls=calls, reason=reason)
-            st.session_state["halt_note"] = ("success", f"Halted the {LABELS[scope]} {decision.target}: its agents "
-                                                        "stop at their next call.")
+            st.session_state["halt_note"] = ("success", f"Halted the {LABELS[scope]} {literal(decision.target)}: "
+                                                        "its agents stop at their next call.")
         else:
             decision = data.release(client(), viewer, anomaly_id, scope, reason=reason)
-            st.session_state["halt_note"] = ("success", f"Released the {LABELS[scope]} {decision.target}: its "
+            st.session_state["halt_note"] = ("success", f"Released the {LABELS[scope]} {literal(decision.target)}: its "
                                                         "agents carry on.")
     except (PermissionError, LookupError, ValueError) as error:
         st.session_state["halt_note"] = ("error", str(error))
@@ -43,11 +43,12 @@ def render(db, viewer: Viewer, anomaly_row: dict) -> None:
     targets = data.targets_of(anomaly_row)
     for scope, halt in in_force.items():
         if halt is None:
-            st.caption(f"{LABELS[scope]} `{targets[scope]}`: running")
+            st.caption(f"{LABELS[scope]} {code(targets[scope])}: running")
         else:
             what = "model calls halted" if halt.calls == "model" else "halted"
-            st.error(f"{LABELS[scope]} `{targets[scope]}`: {what} since {halt.decided_at} by {halt.decided_by}"
-                     + (f" ({halt.reason})" if halt.reason else ""), icon=":material/block:")
+            st.error(f"{LABELS[scope]} {code(targets[scope])}: {what} since {halt.decided_at} "
+                     f"by {literal(halt.decided_by)}"
+                     + (f" ({literal(halt.reason)})" if halt.reason else ""), icon=":material/block:")
     if not viewer.may("responder"):
         st.caption("Halting and releasing take a responder.")
         return

@@ -14,7 +14,7 @@ from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.trace_model import human_bytes
 from agentwatch.dashboard.views import replay_steps, trace_views
-from agentwatch.dashboard.views.common import client, load_trace, money, open_trace, table
+from agentwatch.dashboard.views.common import client, literal, load_trace, money, open_trace, table
 from agentwatch.schemas.vocabulary import AUDIT_TRACE_OPENED
 
 TITLE = "Trace replay"
@@ -106,7 +106,7 @@ def _download_trace(viewer: Viewer, trace_id: str):
 
 def header(viewer: Viewer, trace: trace_model.Trace) -> None:
     s = trace.summary()
-    st.markdown(f"#### `{s['trace_id']}` · {s['tenant']} · {s['root']}")
+    st.markdown(f"#### `{s['trace_id']}` · {literal(s['tenant'])} · {literal(s['root'])}")
     cols = st.columns(7)
     cols[0].metric("Spans", f"{s['spans']:,}")
     cols[1].metric("Agents", f"{s['agents']:,}")
@@ -115,14 +115,16 @@ def header(viewer: Viewer, trace: trace_model.Trace) -> None:
     cols[4].metric("Reasoning tokens", f"{s['reasoning_tokens']:,}")
     cols[5].metric("Payloads", human_bytes(s["payload_bytes"]))
     cols[6].metric("Duration", f"{s['duration_s']:,.1f} s")
-    st.caption(f"{s['start']:%Y-%m-%d %H:%M:%S.%f} → {s['end']:%H:%M:%S.%f} UTC · tenant {s['tenant']} · "
-               f"root agent {s['root_agent'] or '—'} · {s['tool_calls']:,} tool calls · {s['errors']} errors · "
+    st.caption(f"{s['start']:%Y-%m-%d %H:%M:%S.%f} → {s['end']:%H:%M:%S.%f} UTC · "
+               f"tenant {literal(s['tenant'])} · root agent {literal(s['root_agent'] or '—')} · "
+               f"{s['tool_calls']:,} tool calls · {s['errors']} errors · "
                f"{s['credential_uses']} credential uses")
     if s["cross_tenant_uses"]:
         st.error(f"{s['cross_tenant_uses']} cross-tenant credential uses in this trace "
                  f"(jump to them with *Jump to: cross-tenant use*).", icon=":material/key:")
     for a in trace.anomalies.iter_rows(named=True):
-        st.error(f"**{a['Kind']}** ({a['Severity']}, {a['Status']}): {a['Summary']}", icon=":material/crisis_alert:")
+        st.error(f"**{literal(a['Kind'])}** ({literal(a['Severity'])}, {literal(a['Status'])}): "
+                 f"{literal(a['Summary'])}", icon=":material/crisis_alert:")
     c = st.columns([3, 1])
     c[1].button("Reload the trace", key="reload_trace", icon=":material/refresh:", width="stretch",
                 help="read the trace again (spans still arriving)",
