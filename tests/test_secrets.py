@@ -404,3 +404,195 @@ def test_otlp_json_requests_are_scanned_record_by_record(receiver, client):
     stored = client.query("SELECT SpanAttributes['gen_ai.tool.call.result'] FROM otel_traces WHERE TraceId = "
                           "{t:String}", parameters={"t": trace_id}).result_rows[0][0]
     assert stored == value.replace(GITHUB_TOKEN, marker("github_token", fingerprint(key, GITHUB_TOKEN)))
+
+
+# --- cost and completeness ---------------------------------------------------------------------------------
+
+
+def best_time(work, repeats: int = 3) -> float:
+    import time
+
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def prose(size: int) -> str:
+    return ("The agent reads the ledger, compares totals and writes a short note. " * (size // 60 + 1))[:size]
+
+
+# Text crafted against the rules: a prefix that once made a rule backtrack over all that followed, an anchor
+# repeated with nothing to close it, and every anchor every few hundred bytes (so the windows of a large text
+# join into one).
+ADVERSARIAL = {
+    "openai_prefix": lambda n: "sk-" * (n // 3) + " T3BlbkFJ",
+    "putty_headers": lambda n: "PuTTY-User-Key-File-2:" * (n // 22),
+    "key_headers": lambda n: "-----BEGIN RSA PRIVATE KEY-----" * (n // 31),
+    "connection_strings": lambda n: ("Server=x;" + "?pwd=v&user=") * (n // 21),
+    "jwt_heads": lambda n: ("eyJ" + "a" * 300 + " ") * (n // 304),
+    "every_anchor": lambda n: "".join(
+        prose(300) + anchor for anchor in (
+            "sk-" * 30 + "T3BlbkFJ", "PuTTY-User-Key-File-2:", "-----BEGIN RSA PRIVATE KEY-----", "eyJhbGci.eyJ",
+            "Server=db;uid=x;", "?password=", "://user:pass@", "AKIA", "ghp_", "xoxb-", "AccountKey=", "AIza",
+            "password = ", "Private-MAC: ", ":_authToken=", "-----END RSA PRIVATE KEY-----")
+    ) * (n // 5200),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_crafted_text_scans_in_time_linear_in_its_length(name):
+    # Times relative to each other and to a plain scan of text as long, not absolute: a rule that rescans
+    # what it read (quadratic) takes 16 times as long for 4 times the text (linear: 4), and more than a plain
+    # scan by far more than the cost of the secrets it finds (tens of thousands here: a fingerprint each).
+    make = ADVERSARIAL[name]
+    small, large = make(1 << 18), make(1 << 20)
+    plain = best_time(lambda: scan(prose(len(large)), POLICY))
+    t_small = best_time(lambda: scan(small, POLICY))
+    t_large = best_time(lambda: scan(large, POLICY))
+    assert t_large < 10 * t_small + 0.02, (t_small, t_large)
+    findings = len(scan(large, POLICY)[1])
+    assert t_large < 50 * plain + 50e-6 * findings + 0.02, (plain, t_large, findings)
+
+
+def test_the_inputs_that_took_seconds_take_no_longer_than_plain_text_of_their_size_many_times_over():
+    for text in ("sk-" * 8_000 + " T3BlbkFJ", "sk-" * 21_000 + " T3BlbkFJ", "PuTTY-User-Key-File-2:" * 2_000):
+        plain = best_time(lambda: scan(prose(len(text)), POLICY))
+        assert best_time(lambda: scan(text, POLICY)) < 50 * plain + 0.01
+
+
+@pytest.mark.parametrize("text,secret,left", [
+    ("postgres://app:Tr0ub4dor\\x9Zq@db", "Tr0ub4dor\\x9Zq", "x9Zq"),
+    ('Server=db;User Id=sa;Password=Sup3r"Secret;', 'Sup3r"Secret', "Secret"),
+    ("https://12345678:" + "A1b2C3d4E5" * 3 + "F6g7H" + "SECRETTAILxyz@host",
+     "12345678:" + "A1b2C3d4E5" * 3 + "F6g7H" + "SECRETTAILxyz", "SECRETTAIL"),
+])
+def test_a_secret_is_redacted_whole_where_its_value_holds_a_quote_or_backslash_or_two_rules_overlap(text, secret,
+                                                                                                   left):
+    stored, found = scan(text, POLICY)
+    assert left not in stored and len(found) == 1
+    assert (found[0].offset, found[0].length) == (text.index(secret), len(secret))
+    assert stored == text.replace(secret, marker(found[0].secret_type, found[0].fingerprint))
+
+
+def test_a_connection_string_inside_json_keeps_the_document_valid():
+    document = json.dumps({"dsn": "Server=db;User Id=sa;Password=hunter22", "n": 1})
+    stored, found = scan(document, POLICY)
+    assert [f.secret_type for f in found] == ["connection_string_password"]
+    assert json.loads(stored)["dsn"] == "Server=db;User Id=sa;Password=" + marker(
+        "connection_string_password", POLICY.fingerprint("hunter22"))
+
+
+def test_a_jwt_whose_payload_runs_far_past_its_chunk_is_redacted_whole():
+    def part(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    token = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part({'sub': '42', 'blob': 'x' * 120_000})}.c2lnbmF0dXJl"
+    text = prose(70_000) + " Bearer " + token + " then more " + prose(200_000)
+    stored, found = scan(text, POLICY)
+    assert [(f.secret_type, f.offset, f.length) for f in found] == [("json_web_token", text.index(token), len(token))]
+    assert token[-200:] not in stored and stored.endswith(prose(200_000))
+
+
+def test_offsets_are_characters_where_the_text_is_not_ascii():
+    text = "naïve → 東京 " * 10_000 + f"key {AWS_KEY_ID} ✓"
+    stored, found = scan(text, POLICY)
+    assert [(f.offset, f.length) for f in found] == [(text.index(AWS_KEY_ID), 20)]
+    assert stored == text.replace(AWS_KEY_ID, marker("aws_access_key", found[0].fingerprint))
+
+
+def test_names_resources_links_and_scopes_are_scanned_and_a_shared_resource_once():
+    import os
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from agentwatch.collector.receiver.records import log_rows, trace_rows
+
+    def kv(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    command = "deploy --db postgres://ops:Sup3rS3cret@db.internal/ops"
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.append(kv("process.command_line", command))
+    scope = resource_spans.scope_spans.add()
+    for index in range(3):
+        span = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"call {GITHUB_TOKEN}" if index == 0 else "x",
+                    start_time_unix_nano=1, end_time_unix_nano=2)
+        if index == 1:
+            span.links.add(trace_id=os.urandom(16), span_id=os.urandom(8)).attributes.append(kv("auth", AWS_KEY_ID))
+        scope.spans.append(span)
+    rows = trace_rows(request, None, None, secrets=POLICY)
+    found = sorted((r["Location"], r["Attribute"], r["SecretType"]) for r in rows.tables["secret_findings"])
+    assert found == [("links[0]", "auth", "aws_access_key"), ("name", "SpanName", "github_token"),
+                     ("resource", "process.command_line", "basic_auth_credentials")]
+    spans = rows.tables["otel_traces"]
+    assert all("Sup3rS3cret" not in s["ResourceAttributes"]["process.command_line"] for s in spans)
+    assert GITHUB_TOKEN not in spans[0]["SpanName"] and AWS_KEY_ID not in json.dumps(spans[1]["Links.Attributes"])
+
+    logs = ExportLogsServiceRequest()
+    scope_logs = logs.resource_logs.add().scope_logs.add()
+    scope_logs.scope.attributes.append(kv("token", SLACK_TOKEN))
+    for _ in range(2):
+        scope_logs.log_records.append(LogRecord(time_unix_nano=1, body=AnyValue(string_value="ok")))
+    rows = log_rows(logs, None, secrets=POLICY)
+    assert [(r["Location"], r["SecretType"]) for r in rows.tables["secret_findings"]] == [("scope", "slack_token")]
+    assert all(SLACK_TOKEN not in r["ScopeAttributes"]["token"] for r in rows.tables["otel_logs"])
+
+
+def test_an_api_key_tenant_owns_the_findings_of_its_logs_and_the_attributes_of_its_logs_and_metrics(dsn):
+    import os
+    import time
+
+    import httpx
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    from agentwatch.collector.receiver import api_keys
+
+    def kv(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    database = fresh_database(dsn, "t_test_secrets_tenant")
+    client = store.connect(dsn, database)
+    key = api_keys.create_key(client, "globex", "ci")
+    keyed = start_receiver(dsn, database)
+    try:
+        trace_id = os.urandom(16)
+        logs = ExportLogsServiceRequest()
+        resource_logs = logs.resource_logs.add()
+        resource_logs.resource.attributes.append(kv("service.name", "tenant-claims"))
+        record = LogRecord(time_unix_nano=time.time_ns(), trace_id=trace_id, span_id=os.urandom(8),
+                           body=AnyValue(string_value=f"pushed with {GITHUB_TOKEN}"))
+        record.attributes.append(kv("agentwatch.tenant.id", "acme"))
+        resource_logs.scope_logs.add().log_records.append(record)
+        metrics = ExportMetricsServiceRequest()
+        metric = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="tenant.claims")
+        point = metric.gauge.data_points.add(time_unix_nano=time.time_ns(), as_int=1)
+        point.attributes.append(kv("agentwatch.tenant.id", "acme"))
+        auth = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {key}"}
+        for signal, request in (("logs", logs), ("metrics", metrics)):
+            answer = httpx.post(f"http://127.0.0.1:{keyed.http_port}/v1/{signal}",
+                                content=request.SerializeToString(), headers=auth)
+            assert answer.status_code == 200
+        keyed.flush()
+        assert wait_for(lambda: client.query(
+            "SELECT Tenant, SecretType FROM secret_findings WHERE TraceId = {t:String}",
+            parameters={"t": trace_id.hex()}).result_rows) == [("globex", "github_token")]
+        assert client.query("SELECT LogAttributes['agentwatch.tenant.id'], LogAttributes['agentwatch.tenant.claimed_id']"
+                            " FROM otel_logs WHERE TraceId = {t:String}",
+                            parameters={"t": trace_id.hex()}).result_rows == [("globex", "acme")]
+        assert wait_for(lambda: client.query(
+            "SELECT Attributes['agentwatch.tenant.id'], Attributes['agentwatch.tenant.claimed_id'] FROM "
+            "otel_metrics_gauge WHERE MetricName = 'tenant.claims'").result_rows) == [("globex", "acme")]
+    finally:
+        keyed.stop()
+        client.close()

@@ -4,19 +4,18 @@ clickhouseexporter-compatible tables.
 Rows are plain dicts serialised with orjson to JSONEachRow: ClickHouse parses
 that in C++, which beats building the Native format in Python per value.
 Attribute values become strings the way the Collector's exporter writes them
-(AnyValue.AsString), so rows from us and from otelcol-contrib look alike.
+(AnyValue.AsString: values.py), so rows from us and from otelcol-contrib look alike.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
 
-from agentwatch.collector.receiver.secrets import FINDINGS_TABLE, SecretPolicy, scan_log, scan_span
+from agentwatch.collector.receiver.secrets import FINDINGS_TABLE, SecretPolicy, Shared, scan_log, scan_span
+from agentwatch.collector.receiver.values import attributes, value_string
 from agentwatch.schemas.attributes import TENANT_ID
 
 SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
@@ -117,47 +116,6 @@ def repeated_size(*parts) -> int:
                for part in parts)
 
 
-def any_value(value) -> object:
-    """An OTLP AnyValue as a plain Python value (for JSON of arrays and maps)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return getattr(value, kind)
-
-
-def value_string(value) -> str:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "double_value":
-        number = value.double_value
-        return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
-    if kind is None:
-        return ""
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return orjson.dumps(any_value(value)).decode()
-
-
-def attributes(key_values) -> dict[str, str]:
-    result = {}
-    for kv in key_values:
-        value = kv.value
-        # Strings are most attributes: skip the general conversion for them.
-        result[kv.key] = value.string_value if value.WhichOneof("value") == "string_value" else value_string(value)
-    return result
-
-
 # --- traces -------------------------------------------------------------------
 
 PriceSpan = Callable[[dict[str, str], int], "float | None"]
@@ -191,9 +149,10 @@ def span_problem(span) -> str | None:
 
 def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows | None = None,
                secrets: SecretPolicy | None = None) -> Rows:
-    """Rows for otel_traces. `tenant` (from an API key) overrides what spans claim; `secrets`: scan
-    payloads for credential material (secrets.py)."""
+    """Rows for otel_traces. `tenant` (from an API key) overrides what spans and their resources claim;
+    `secrets`: scan payloads for credential material (secrets.py)."""
     rows = rows or Rows()
+    shared = Shared()
     for resource_spans in request.resource_spans:
         resource = attributes(resource_spans.resource.attributes)
         if tenant:
@@ -250,7 +209,7 @@ def trace_rows(request, tenant: str | None, price: PriceSpan | None, rows: Rows 
                     row["Links.Attributes"] = [attributes(link.attributes) for link in links]
                 rows.add("otel_traces", row, repeated)
                 if secrets is not None:
-                    found = scan_span(row, secrets)
+                    found = scan_span(row, secrets, tenant, shared)
                     if found:
                         rows.add_findings(found)
     return rows
@@ -320,9 +279,12 @@ def metric_rows(request, tenant: str | None, rows: Rows | None = None) -> Rows:
                     if problem:
                         rows.reject(f"metric {quoted(metric.name)}: {problem}")
                         continue
+                    point_attrs = attributes(point.attributes)
+                    if tenant:
+                        _tenant_override(point_attrs, tenant)
                     row = {
                         **base,
-                        "Attributes": attributes(point.attributes),
+                        "Attributes": point_attrs,
                         "StartTimeUnix": timestamp(point.start_time_unix_nano),
                         "TimeUnix": timestamp(point.time_unix_nano),
                         "Flags": point.flags,
@@ -363,6 +325,7 @@ def log_problem(record) -> str | None:
 
 def log_rows(request, tenant: str | None, rows: Rows | None = None, secrets: SecretPolicy | None = None) -> Rows:
     rows = rows or Rows()
+    shared = Shared()
     for resource_logs in request.resource_logs:
         resource = attributes(resource_logs.resource.attributes)
         if tenant:
@@ -381,6 +344,8 @@ def log_rows(request, tenant: str | None, rows: Rows | None = None, secrets: Sec
                 attrs = attributes(record.attributes)
                 if record.event_name:
                     attrs.setdefault("event.name", record.event_name)
+                if tenant:
+                    _tenant_override(attrs, tenant)
                 row = {
                     "Timestamp": timestamp(record.time_unix_nano or record.observed_time_unix_nano),
                     "TraceId": optional_id(record.trace_id, 16),
@@ -400,7 +365,7 @@ def log_rows(request, tenant: str | None, rows: Rows | None = None, secrets: Sec
                 }
                 rows.add("otel_logs", row, repeated)
                 if secrets is not None:
-                    found = scan_log(row, secrets)
+                    found = scan_log(row, secrets, tenant, shared)
                     if found:
                         rows.add_findings(found)
     return rows

@@ -1,7 +1,8 @@
 """Credential material in captured text: found by format, fingerprinted, replaced by a marker.
 
-The receiver scans every string of a span (attributes, event attributes, status
-message) and of a log record (body, attributes) as it converts them. Each secret
+The receiver scans every string of a span (name, attributes, event and link
+attributes, status message) and of a log record (body, attributes), and the
+resource and scope attributes they share (once per request), as it converts them. Each secret
 found becomes one `secret_findings` row (where, what type, a fingerprint), and,
 unless the policy keeps payloads as sent (AGENTWATCH_SECRETS=keep), its value is
 replaced in the stored text by a marker naming its type and fingerprint:
@@ -22,10 +23,13 @@ password can be recovered from it by guessing.
 Cost: all rules' anchors are matched in one linear RE2 pass (`secret_rules`);
 text with no anchor is done after that pass, and a protobuf request is first
 passed whole (`SecretPolicy.within`), so most requests cost that one pass. A
-rule then runs (Python `re`, for detect-secrets' expressions as they are) only
+rule then runs (RE2, or a linear finder of its own: no rule backtracks) only
 where its anchor occurs: in the whole text if it is short, else around the 64 KB
 chunks that hold the anchor, so a large payload costs one pass, plus a pass of
-the few rules it gives cause to.
+the few rules it gives cause to. The text is encoded to UTF-8 once and every rule
+reads those bytes, so the work is linear in the text's length whatever it holds:
+text crafted to hold an anchor every few bytes costs more per byte (a match each
+time), never more per byte as it grows.
 """
 
 from __future__ import annotations
@@ -46,15 +50,20 @@ from agentwatch.schemas.attributes import AGENT_ID_KEYS, DEFAULT_TENANT, TENANT_
 MODES = ("redact", "keep")
 FINDINGS_TABLE = "secret_findings"
 KEYS_TABLE = "secret_keys"
-CHUNK = 1 << 16  # a text longer than this is matched chunk by chunk
+CHUNK = 1 << 16  # a text longer than this (in UTF-8 bytes) is matched chunk by chunk
 MAX_ANCHOR = 128  # chunks overlap by this much, so an anchor across a boundary is seen whole
-WINDOW_BEFORE = 4096  # a match may begin this far before its anchor (a connection string's other keys)
-WINDOW_AFTER = 20_000  # and end this far after it (a private key block)
+# A match may begin this far before its anchor (a connection string's other keys): a longer prefix is cut
+# at the window's start. Its end is not bounded: a window ends past its chunk by WINDOW_AFTER, then runs on
+# to the end of the run of text (no space, quote or backslash) it falls in, and a match that reaches it is
+# matched again from its start over the whole text; key blocks are read by their own finders, to their footer.
+WINDOW_BEFORE = 4096
+WINDOW_AFTER = 4096
 FINGERPRINT_HEX = 16
 _LINE_BREAKS = re.compile(r"\s+|\\[rn]")
-# A value ends where JSON text would end it: cutting there keeps a JSON document valid after redaction.
-_VALUE_END = frozenset("\"'\\ \t\r\n")
-_VALUE_LEAD = frozenset("\"' \t\r\n=:")
+# Delimiters a whole-match expression takes in at its ends: trimming them (a trailing backslash of a JSON
+# escape above all) keeps a JSON document valid after redaction.
+_VALUE_END = frozenset(b"\"'\\ \t\r\n")
+_VALUE_LEAD = frozenset(b"\"' \t\r\n=:")
 
 
 def marker(secret_type: str, fingerprint: str) -> str:
@@ -120,6 +129,22 @@ class _Anchors:
             return self.set.Match(text.encode("utf-8", "surrogatepass")) or []
 
 
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 bytes that do not start a character
+_RUN = re2.compile(rb"[^\s\"'\\]*")  # where a window's end may fall inside a secret: no space, quote or backslash
+
+
+def _char_offsets(text: str, data: bytes, offsets: list[int]) -> dict[int, int]:
+    """Byte offsets of `data` (`text` in UTF-8) as character offsets of `text`: one pass over the bytes."""
+    if len(data) == len(text):
+        return {offset: offset for offset in offsets}
+    out, at, chars = {}, 0, 0
+    for offset in sorted(set(offsets)):
+        chars += len(data[at:offset].translate(None, _CONTINUATION))
+        out[offset] = chars
+        at = offset
+    return out
+
+
 class _Matcher:
     """The rules, with their anchors."""
 
@@ -127,56 +152,105 @@ class _Matcher:
         self.rules = rules
         self.anchors = _Anchors([rule.anchor for rule in rules])
         self.anchored = self.anchors.anchored
+        options = re2.Options()
+        options.log_errors = False
+        self.compiled = [re2.compile(rule.expression.encode(), options) if rule.expression else None
+                         for rule in rules]
+        # The groups that hold the value (the last of them that took part), else group 1, the match.
+        self.groups = [tuple(range(compiled.groups, 1, -1)) if rule.value_group and compiled is not None
+                       and compiled.groups > 1 else (1,) for rule, compiled in zip(rules, self.compiled)]
 
-    def ranges(self, text: str) -> dict[int, list[tuple[int, int]]]:
-        """Per rule whose anchor occurs: the ranges of `text` where its matches can be."""
-        size = len(text)
+    def ranges(self, data: bytes) -> dict[int, list[tuple[int, int]]]:
+        """Per rule whose anchor occurs: the ranges of `data` where its matches can start, none overlapping."""
+        size = len(data)
         if size <= CHUNK:
-            return {index: [(0, size)] for index in self.anchored(text)}
+            return {index: [(0, size)] for index in self.anchored(data)}
         # A large text is matched chunk by chunk (one pass all the same), so each rule runs only
         # around the chunks that hold its anchor.
         found: dict[int, list[tuple[int, int]]] = {}
         for start in range(0, size, CHUNK):
             end = min(size, start + CHUNK + MAX_ANCHOR)
-            for index in self.anchored(text[start:end]):
+            for index in self.anchored(data[start:end]):
                 low, high = max(0, start - WINDOW_BEFORE), min(size, end + WINDOW_AFTER)
                 ranges = found.setdefault(index, [])
                 if ranges and low <= ranges[-1][1]:
                     ranges[-1] = (ranges[-1][0], high)
                 else:
                     ranges.append((low, high))
+        for index, ranges in found.items():
+            # A window's end that falls inside a run of secret-like text moves to the run's end, so a long
+            # secret is taken whole (a JWT's payload may run on for megabytes); up to the next window at
+            # most, which then joins this one, so each byte is read once.
+            merged: list[tuple[int, int]] = []
+            for number, (low, high) in enumerate(ranges):
+                if merged and low <= merged[-1][1]:
+                    low = merged.pop()[0]
+                limit = ranges[number + 1][0] if number + 1 < len(ranges) else size
+                merged.append((low, max(high, _RUN.match(data, high, max(high, limit)).end())))
+            found[index] = merged
         return found
 
+    def _matches(self, index: int, data: bytes, low: int, high: int):
+        """(start, end) in bytes of the secret in each match of rule `index` that starts in [low, high)."""
+        rule, compiled, groups = self.rules[index], self.compiled[index], self.groups[index]
+        if compiled is None:
+            yield from rule.finder(data, low, high)
+            return
+        whole = low == 0 and high == len(data)
+        window = data if whole else data[low:high]  # `$` ends a token at the window's end too
+        for match in compiled.finditer(window):
+            base = 0 if whole else low
+            if not whole and match.end() == len(window) and high < len(data):
+                # It runs to the window's end: matched again from its start in the whole text.
+                again = compiled.match(data, low + match.start())
+                if again is not None:
+                    match, base = again, 0
+            for group in groups:
+                start, end = match.span(group)
+                if start >= 0:
+                    yield base + start, base + end
+                    break
+
     def spans(self, text: str) -> list[tuple[int, int, str]]:
-        """(start, end, type) of each secret in `text`, in order, none overlapping."""
-        found = set()
-        for index, ranges in self.ranges(text).items():
+        """(start, end, type) in characters of each secret in `text`, in order, none overlapping: finds of
+        rules that overlap are one secret, redacted whole (the type of a token's own format, else the longest)."""
+        data = text.encode("utf-8", "surrogatepass")
+        found = []
+        for index, ranges in self.ranges(data).items():
             rule = self.rules[index]
             for low, high in ranges:
-                for match in rule.pattern.finditer(text, low, high):
-                    span = _value(text, match, rule)
+                for start, end in self._matches(index, data, low, high):
+                    span = _value(data, start, end, rule)
                     if span is not None:
-                        found.add((*span, rule.secret_type, rule.generic))
-        kept, end = [], -1
-        for span in sorted(found, key=lambda s: (s[0], -s[1], s[3])):
-            if span[0] >= end:  # overlapping finds of two rules: the one that starts first, the longest
-                kept.append(span[:3])
-                end = span[1]
-        return kept
+                        found.append((*span, rule.secret_type, rule.generic))
+        if not found:
+            return []
+        found.sort()
+        merged: list[list] = []
+        for start, end, secret_type, generic in found:
+            rank = (generic, -(end - start))
+            if merged and start < merged[-1][1]:
+                last = merged[-1]
+                last[1] = max(last[1], end)
+                if rank < last[3]:
+                    last[2], last[3] = secret_type, rank
+            else:
+                merged.append([start, end, secret_type, rank])
+        chars = _char_offsets(text, data, [offset for span in merged for offset in span[:2]])
+        return [(chars[start], chars[end], secret_type) for start, end, secret_type, _ in merged]
 
 
-def _value(text: str, match, rule: Rule) -> tuple[int, int] | None:
-    """The secret's own characters in a match: its value group, less delimiters the expression took in."""
-    group = match.lastindex if rule.value_group and match.lastindex else 0
-    start, end = match.span(group)
-    if rule.secret_type != "private_key":  # a key block holds whitespace and \n escapes of its own
-        while start < end and text[start] in _VALUE_LEAD:
+def _value(data: bytes, start: int, end: int, rule: Rule) -> tuple[int, int] | None:
+    """The secret's own bytes in a match: a value group whole; a whole match less the delimiters its
+    expression takes in at either end (a quote or space before a token, a backslash of a JSON escape after it)."""
+    if not rule.value_group and rule.finder is None:
+        while start < end and data[start] in _VALUE_LEAD:
             start += 1
-        for index in range(start, end):
-            if text[index] in _VALUE_END:
-                end = index
-                break
-    if end - start < (1 if group else 4) or (rule.check is not None and not rule.check(text[start:end])):
+        while end > start and data[end - 1] in _VALUE_END:
+            end -= 1
+    if end - start < (1 if rule.value_group else 4):
+        return None
+    if rule.check is not None and not rule.check(data[start:end].decode("utf-8", "surrogatepass")):
         return None
     return start, end
 
@@ -254,29 +328,67 @@ def _scan_map(values: dict[str, str], policy: SecretPolicy, where: dict, out: li
                 for f in findings]
 
 
-def scan_span(row: dict, policy: SecretPolicy) -> list[dict]:
-    """Scan (and, by the policy, redact in place) an otel_traces row: its attributes, its events'
-    attributes and its status message. Returns its secret_findings rows."""
+def _clean(texts: list[str], policy: SecretPolicy) -> bool:
+    """One pass over everything first: most records hold no candidate at all. (A large payload goes
+    straight to its own scan, which is one pass too.)"""
+    return sum(map(len, texts)) <= CHUNK and not _candidate("\0".join(texts), policy)
+
+
+class Shared:
+    """The maps the records of one request share (a resource's attributes, a scope's): each is scanned once,
+    its findings filed with the first record stored that holds it. One per request."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def scan(self, maps: list[tuple[str, dict[str, str]]], policy: SecretPolicy, base: dict) -> list[dict]:
+        found: list[dict] = []
+        for location, values in maps:
+            if id(values) in self._seen:
+                continue
+            self._seen.add(id(values))  # the map lives as long as the request's rows that hold it
+            if values and not _clean(list(values.values()), policy):
+                _scan_map(values, policy, {**base, "Location": location, "EventName": ""}, found)
+        return found
+
+
+def _base(row: dict, attrs: dict[str, str], signal: str, tenant: str | None) -> dict:
+    # The tenant of an API key, where the request has one, whatever a record or its resource claims.
+    return {"Timestamp": row["Timestamp"], "TraceId": row["TraceId"], "SpanId": row["SpanId"],
+            "ParentSpanId": row.get("ParentSpanId", ""), "ServiceName": row["ServiceName"], "Signal": signal,
+            "Tenant": tenant or attrs.get(TENANT_ID) or row["ResourceAttributes"].get(TENANT_ID) or DEFAULT_TENANT,
+            "AgentId": first(attrs, AGENT_ID_KEYS), "EventName": ""}
+
+
+def scan_span(row: dict, policy: SecretPolicy, tenant: str | None = None, shared: Shared | None = None) -> list[dict]:
+    """Scan (and, by the policy, redact in place) an otel_traces row: its name, attributes, events' and links'
+    attributes, status message, and (once per request, by `shared`) its resource's attributes. `tenant`: the
+    request's API key's. Returns its secret_findings rows."""
     attrs = row["SpanAttributes"]
     events = row.get("Events.Attributes", ())
+    links = row.get("Links.Attributes", ())
     status = row.get("StatusMessage", "")
-    texts = list(attrs.values())
+    found: list[dict] = []
+    base = None
+    if shared is not None:
+        base = _base(row, attrs, "traces", tenant)
+        found += shared.scan([("resource", row["ResourceAttributes"])], policy, base)
+    texts = [row["SpanName"], *attrs.values()]
     if status:
         texts.append(status)
-    for event_attrs in events:
-        texts += event_attrs.values()
-    # One pass over everything first: most spans hold no candidate at all. (A large payload goes
-    # straight to its own scan below, which is one pass too.)
-    if sum(map(len, texts)) <= CHUNK and not _candidate("\0".join(texts), policy):
-        return []
-    base = {"Timestamp": row["Timestamp"], "TraceId": row["TraceId"], "SpanId": row["SpanId"],
-            "ParentSpanId": row["ParentSpanId"], "ServiceName": row["ServiceName"], "Signal": "traces",
-            "Tenant": attrs.get(TENANT_ID) or row["ResourceAttributes"].get(TENANT_ID) or DEFAULT_TENANT,
-            "AgentId": first(attrs, AGENT_ID_KEYS), "EventName": ""}
-    found: list[dict] = []
+    for values in (*events, *links):
+        texts += values.values()
+    if _clean(texts, policy):
+        return found
+    base = base or _base(row, attrs, "traces", tenant)
+    holder = {"SpanName": row["SpanName"]}
+    _scan_map(holder, policy, {**base, "Location": "name"}, found)
+    row["SpanName"] = holder["SpanName"]
     _scan_map(attrs, policy, {**base, "Location": "attributes"}, found)
     for index, (name, event_attrs) in enumerate(zip(row.get("Events.Name", ()), events)):
         _scan_map(event_attrs, policy, {**base, "Location": f"events[{index}]", "EventName": name}, found)
+    for index, link_attrs in enumerate(links):
+        _scan_map(link_attrs, policy, {**base, "Location": f"links[{index}]"}, found)
     if status:
         holder = {"StatusMessage": status}
         _scan_map(holder, policy, {**base, "Location": "status"}, found)
@@ -284,17 +396,19 @@ def scan_span(row: dict, policy: SecretPolicy) -> list[dict]:
     return found
 
 
-def scan_log(row: dict, policy: SecretPolicy) -> list[dict]:
-    """The same for an otel_logs row: its body and its attributes."""
+def scan_log(row: dict, policy: SecretPolicy, tenant: str | None = None, shared: Shared | None = None) -> list[dict]:
+    """The same for an otel_logs row: its body and its attributes, and (once per request) its resource's
+    and its scope's attributes."""
     attrs = row["LogAttributes"]
-    texts = [row["Body"], *attrs.values()]
-    if sum(map(len, texts)) <= CHUNK and not _candidate("\0".join(texts), policy):
-        return []
-    base = {"Timestamp": row["Timestamp"], "TraceId": row["TraceId"], "SpanId": row["SpanId"],
-            "ParentSpanId": "", "ServiceName": row["ServiceName"], "Signal": "logs",
-            "Tenant": attrs.get(TENANT_ID) or row["ResourceAttributes"].get(TENANT_ID) or DEFAULT_TENANT,
-            "AgentId": first(attrs, AGENT_ID_KEYS), "EventName": attrs.get("event.name", "")}
     found: list[dict] = []
+    base = None
+    if shared is not None:
+        base = {**_base(row, attrs, "logs", tenant), "EventName": attrs.get("event.name", "")}
+        found += shared.scan([("resource", row["ResourceAttributes"]), ("scope", row["ScopeAttributes"])],
+                             policy, base)
+    if _clean([row["Body"], *attrs.values()], policy):
+        return found
+    base = base or {**_base(row, attrs, "logs", tenant), "EventName": attrs.get("event.name", "")}
     holder = {"Body": row["Body"]}
     _scan_map(holder, policy, {**base, "Location": "body"}, found)
     row["Body"] = holder["Body"]
