@@ -48,7 +48,7 @@ class SecretRow(NamedTuple):
     agent_id: str
     service: str
     signal: str  # traces | logs
-    location: str  # attributes | events[i] | status | body
+    location: str  # attributes | events[i] | links[i] | status | name | body | resource | scope
     event_name: str
     attribute: str
     offset: int  # characters into the value as sent

@@ -1,6 +1,7 @@
 -- Credential material the receiver found in captured payloads (collector/receiver/secrets.py): one row per
 -- secret found, written with the spans (or log records) it was found in, in the same insert batch. Where:
--- Signal (traces | logs), Location (attributes | events[i] | status | body), EventName, Attribute, and
+-- Signal (traces | logs), Location (attributes | events[i] | links[i] | status | name | body | resource |
+-- scope), EventName, Attribute, and
 -- CharOffset and CharLength, in characters of the text as sent. Fingerprint: HMAC-SHA256 of the value
 -- under the key in secret_keys, 16 hex characters; Redacted: the stored payload holds the marker instead.
 -- The secret_exposure detector tails this table by block number, like agent_spans.
