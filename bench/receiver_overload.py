@@ -40,14 +40,16 @@ from tests.receiver_process import ReceiverProcess, free_port, stored_spans  # n
 PLACEHOLDER = 0  # request number whose trace id is patched into each copy of the template
 
 
-def rss_bytes(pid: int, descendants: bool = True) -> int:
-    """Resident memory of a process and (by default) its descendants (Linux /proc)."""
+def rss_bytes(pid: int, descendants: bool = True, field: str = "VmRSS") -> int:
+    """Resident memory of a process and (by default) its descendants (Linux /proc). `RssAnon` counts the
+    process's own memory only: VmRSS also counts the pages of mapped files (the embedded engine's
+    library alone keeps ~300 MB of its code resident), which the kernel shares and may drop."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
         try:
             for line in open(f"/proc/{current}/status"):
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{current}/task") if descendants else ():
                 pending.extend(int(c) for c in open(f"/proc/{current}/task/{task}/children").read().split())
@@ -141,16 +143,31 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--max-queue-mb", type=int, default=64)
     parser.add_argument("--max-converting-mb", type=int, default=32)
+    parser.add_argument("--embedded-max-memory", default="",
+                        help="AGENTWATCH_EMBEDDED_MAX_MEMORY of the receiver's embedded engine, e.g. 256M (default: none)")
+    parser.add_argument("--max-memory-mb", type=int, default=0,
+                        help="AGENTWATCH_MAX_MEMORY_BYTES: the receiver process's resident anonymous memory (0: none)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="agentwatch-overload-")
     port = free_port()
     receiver = ReceiverProcess(data_dir, port, max_queue_bytes=str(args.max_queue_mb << 20),
-                               max_converting_bytes=str(args.max_converting_mb << 20)).start()
+                               max_converting_bytes=str(args.max_converting_mb << 20),
+                               max_memory_bytes=str(args.max_memory_mb << 20),
+                               embedded_max_memory=args.embedded_max_memory).start()
+    try:
+        measure(args, receiver, data_dir, port)
+    finally:
+        if receiver.process.poll() is None:  # the run failed half way: leave no receiver behind
+            receiver.kill()
+
+
+def measure(args, receiver: ReceiverProcess, data_dir: str, port: int) -> None:
     url = f"http://127.0.0.1:{port}/v1/traces"
     requests = Requests(args.spans_per_request, args.payload_bytes)
     idle_rss = rss_bytes(receiver.process.pid)
     idle_main = rss_bytes(receiver.process.pid, descendants=False)
+    idle_anon = rss_bytes(receiver.process.pid, descendants=False, field="RssAnon")
 
     capacity_acknowledged: set[int] = set()
     started = time.monotonic()
@@ -159,7 +176,7 @@ def main() -> None:
         time.sleep(0.05)
     capacity = len(capacity_acknowledged) * args.spans_per_request / (time.monotonic() - started)
 
-    peak = {"rss": 0, "main": 0}
+    peak = {"rss": 0, "main": 0, "anon": 0}
     probes: list[float] = []
     probe_failures = {"count": 0}
     overloaded = threading.Event()
@@ -168,6 +185,7 @@ def main() -> None:
         while not overloaded.is_set():
             peak["rss"] = max(peak["rss"], rss_bytes(receiver.process.pid))
             peak["main"] = max(peak["main"], rss_bytes(receiver.process.pid, descendants=False))
+            peak["anon"] = max(peak["anon"], rss_bytes(receiver.process.pid, descendants=False, field="RssAnon"))
             began = time.perf_counter()
             try:
                 health(port)
@@ -215,8 +233,11 @@ def main() -> None:
         "rss_idle_main_process_mb": round(idle_main / 2**20),
         "rss_peak_mb": round(peak["rss"] / 2**20),
         "rss_peak_main_process_mb": round(peak["main"] / 2**20),
+        "anonymous_idle_main_process_mb": round(idle_anon / 2**20),
+        "anonymous_peak_main_process_mb": round(peak["anon"] / 2**20),
         "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb,
-                      "embedded_engine": os.environ.get("AGENTWATCH_EMBEDDED_MAX_MEMORY", "unset")},
+                      "max_memory": args.max_memory_mb,
+                      "embedded_engine": args.embedded_max_memory or "unset"},
         "healthz_ms": {"p50": round(statistics.median(probes) * 1000, 1),
                        "p99": round(statistics.quantiles(probes, n=100)[98] * 1000, 1),
                        "max": round(max(probes) * 1000, 1), "failed": probe_failures["count"]},

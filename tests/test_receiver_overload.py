@@ -65,3 +65,30 @@ def test_grpc_overload_is_resource_exhausted_with_retry_info(dsn):
         assert receiver.flush(30)
         receiver.stop()
     assert client.query("SELECT count() FROM otel_traces").result_rows == [(5,)]
+
+
+def test_over_its_memory_limit_the_receiver_refuses_until_memory_falls(dsn, database):
+    """Memory the byte bounds do not count (the engine's, the allocators') is bounded by the process's own."""
+    from agentwatch.collector.receiver.memory_limit import anonymous_resident_bytes
+
+    limit = anonymous_resident_bytes() + (96 << 20)
+    receiver = start_receiver(dsn, database, max_memory_bytes=limit, grpc_port=None)
+    url = f"http://127.0.0.1:{receiver.http_port}"
+
+    def send(number: int) -> httpx.Response:
+        return httpx.post(f"{url}/v1/traces", content=request_body(number, 20, 256),
+                          headers={"Content-Type": "application/x-protobuf"})
+
+    try:
+        assert send(10).status_code == 200
+        ballast = b"\x01" * (192 << 20)  # this process now holds more than the limit
+        refused = wait_for(lambda: (r := send(11)).status_code == 503 and r)
+        assert refused.headers["Retry-After"] == "1"
+        assert "AGENTWATCH_MAX_MEMORY_BYTES" in status_pb2.Status.FromString(refused.content).message
+        health = httpx.get(f"{url}/healthz")
+        assert health.status_code == 200 and health.json()["memory_bytes"] > limit
+        del ballast
+        assert wait_for(lambda: send(12).status_code == 200)
+        assert 'reason="memory"' in httpx.get(f"{url}/metrics").text
+    finally:
+        receiver.stop()

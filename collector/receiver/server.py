@@ -39,6 +39,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from agentwatch.collector.receiver import otlp
 from agentwatch.collector.receiver.actions import Actions
 from agentwatch.collector.receiver.api_keys import KeyStore, KeysUnavailable
+from agentwatch.collector.receiver.memory_limit import MemoryLimit
 from agentwatch.collector.receiver.metrics import ReceiverMetrics
 from agentwatch.collector.receiver.secrets import SecretPolicy, store_key
 from agentwatch.collector.receiver.spool import Spool, SpoolError
@@ -71,6 +72,7 @@ class ReceiverConfig:
     max_request_bytes: int = 64 << 20  # per request, after decompression; larger gets 413
     max_queue_bytes: int = 512 << 20  # accepted but unwritten; beyond it requests get 503
     max_converting_bytes: int = 128 << 20  # bodies being read and converted; beyond it requests get 503
+    max_memory_bytes: int = 0  # the process's resident anonymous memory; beyond it requests get 503 (0: no limit)
     retry_after_s: int = 1
     flush_interval_s: float = 0.2
     # Converting OTLP to rows is CPU-bound Python: worker processes spread it
@@ -117,6 +119,7 @@ class Receiver:
         self._pool: Executor | None = None
         self._pool_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-convert")
+        self.memory = MemoryLimit(self.config.max_memory_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -348,6 +351,10 @@ class Receiver:
     @contextlib.asynccontextmanager
     async def _reading(self, size: int):
         """Count a request's body against max_converting_bytes while it is read and converted."""
+        if self.memory.over():
+            raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "memory",
+                           f"receiver holds {self.memory.used_bytes} bytes, over its limit of "
+                           f"{self.memory.limit_bytes} (AGENTWATCH_MAX_MEMORY_BYTES); retry later")
         if self._converting_bytes and self._converting_bytes + size > self.config.max_converting_bytes:
             raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy",
                            f"receiver is busy ({self._converting_bytes} bytes being converted); retry later")
@@ -420,6 +427,8 @@ class Receiver:
             "queue_bytes": self.writer.queued_bytes,
             "queue_rows": self.writer.queued_rows,
             "written_rows": self.writer.written_rows,
+            "memory_bytes": self.memory.used_bytes,
+            "memory_limit_bytes": self.memory.limit_bytes,
         }, status=200 if healthy else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
