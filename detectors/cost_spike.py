@@ -293,6 +293,8 @@ def render(a: Anomaly, case: CostCase) -> tuple[str, dict]:
     if over:
         top = over[0]
         usual = (top["baseline"] or {}).get("mean")
+        if usual is not None:
+            usual = max(usual, 0.0)  # a learned mean of near-zero spend can come out a rounding error below 0
         parts.append(f"; {top['agent_name']} ({top['agent_id']}) spent ${top['usd']:,.2f}"
                      + (f" against its usual ${usual:,.2f}" if usual is not None else ""))
     summary = "".join(parts) + "."
