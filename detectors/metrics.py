@@ -58,6 +58,15 @@ class DetectionCollector:
             family = CounterMetricFamily(name, text, labels=["shard"])
             family.add_metric(shard, status[key])
             yield family
+        # The containment policy's halts and releases, and the batches whose decisions the store refused.
+        for name, value, text in (
+                ("agentwatch_containment_decisions", worker.containment.decisions,
+                 "Halts and releases the containment policy wrote since this start"),
+                ("agentwatch_containment_errors", worker.containment.errors,
+                 "Batches whose containment decisions the store refused (decided again later)")):
+            family = CounterMetricFamily(name, text, labels=["shard"])
+            family.add_metric(shard, value)
+            yield family
         # How far behind the store the detectors are: 0 once a batch found nothing new.
         behind = GaugeMetricFamily("agentwatch_detector_behind_seconds",
                                    "Age of the newest row in the last batch; 0 when caught up", labels=["shard"])

@@ -83,6 +83,9 @@ def test_up_takes_the_fleet_alerts_its_incidents_and_stops_cleanly(tmp_path):
         assert prometheus_value(page, "agentwatch_detector_rows_total", shard="0/1", table="agent_spans") > 10_000
         assert prometheus_value(page, "agentwatch_detector_rows_total", table="credential_events") > 0
         assert prometheus_value(page, "agentwatch_detector_errors_total") == 0
+        # the default policy halted the runaway's trace and the loop's trace at least
+        assert prometheus_value(page, "agentwatch_containment_decisions_total", shard="0/1") >= 2
+        assert prometheus_value(page, "agentwatch_containment_errors_total") == 0
         assert prometheus_value(page, "agentwatch_alert_delivered_total") >= len(incidents)
         assert prometheus_value(page, "agentwatch_alert_attempts_total", sink="webhook", event="new",
                                 outcome="delivered") > 0
