@@ -278,7 +278,8 @@ def cmd_tenant(args, settings: config.Settings) -> int:
 
 def cmd_halt(args, settings: config.Settings) -> int:
     """`halt` / `release` a trace, an agent or a whole tenant (the `halts` table; guards poll it)."""
-    from agentwatch.schemas import halts
+    from agentwatch.schemas import audit, halts
+    from agentwatch.schemas.vocabulary import AUDIT_HALT, AUDIT_RELEASE
 
     scope, target = ("trace", args.trace.lower()) if args.trace else ("agent", args.agent) if args.agent \
         else ("tenant", args.tenant)
@@ -289,8 +290,11 @@ def cmd_halt(args, settings: config.Settings) -> int:
     client = _prepare_store(settings)
     if args.command == "halt":
         calls = "model" if args.model_calls else "all"
-        halts.record(client, [halts.decision(args.tenant, scope, target, "halt", calls=calls, reason=args.reason,
-                                             decided_by=_decider(args))])
+        made = halts.decision(args.tenant, scope, target, "halt", calls=calls, reason=args.reason,
+                              decided_by=_decider(args))
+        halts.record(client, [made])
+        audit.record(client, made.decided_by, AUDIT_HALT, tenant=args.tenant, target=target,
+                     detail={"scope": scope, "calls": calls, "halt_id": made.halt_id, "reason": made.reason})
         print(f"halted {'the model calls of ' if calls == 'model' else ''}{what}: "
               "agents with the guard on stop at their next call")
         return 0
@@ -298,8 +302,10 @@ def cmd_halt(args, settings: config.Settings) -> int:
     if not in_force:
         print(f"{what} is not halted", file=sys.stderr)
         return 1
-    halts.record(client, [halts.released(in_force[0], reason=args.reason or "released by a person",
-                                         decided_by=_decider(args))])
+    made = halts.released(in_force[0], reason=args.reason or "released by a person", decided_by=_decider(args))
+    halts.record(client, [made])
+    audit.record(client, made.decided_by, AUDIT_RELEASE, tenant=args.tenant, target=target,
+                 detail={"scope": scope, "halt_id": made.halt_id, "reason": made.reason})
     print(f"released {what}: its agents carry on")
     return 0
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import StatusCode
 import agentwatch
 from agentwatch import cli
 from agentwatch.collector.sdk.guard import Guard
-from agentwatch.schemas import halts
+from agentwatch.schemas import audit, halts
 from tests.provider_server import ProviderServer
 from tests.helpers import wait_for
 
@@ -126,7 +126,7 @@ def test_a_halted_trace_stops_its_next_model_call_and_the_agent_span_says_why(gu
     assert fresh() == "thought about elsewhere"
 
 
-def test_a_person_halts_an_agent_everywhere_and_the_release_lets_it_carry_on(guarded, responder):
+def test_a_person_halts_an_agent_everywhere_and_the_release_lets_it_carry_on(guarded, responder, client):
     telemetry = guarded(tenant="acme")
 
     @agentwatch.agent("crawler", agent_id="crawler-7")
@@ -151,6 +151,9 @@ def test_a_person_halts_an_agent_everywhere_and_the_release_lets_it_carry_on(gua
     wait_for(lambda: "crawler-7" not in {v.target for v in telemetry.guard.verdicts})
     assert crawler() == ["acme docs"]  # the same process, no restart
     assert responder("release", "--tenant", "acme", "--agent", "crawler-7") == 1  # nothing left to release
+    # both decisions are in the audit log, under the person's name
+    assert [(e.action, e.target) for e in audit.entries(client, actor="cli:dana")] == [("halt", "crawler-7")]
+    assert [e.target for e in audit.entries(client, action="release", tenant="acme")][:1] == ["crawler-7"]
 
 
 def test_a_tenant_over_budget_loses_its_model_calls_not_its_tools(guarded, client):
