@@ -161,9 +161,12 @@ class PriceRefresher:
 
     def run_forever(self, stop: threading.Event) -> None:
         client = self.connect()
+        synced = False  # the installed genai-prices data cannot change while the process runs: write it once
         while not stop.is_set():
             try:
-                sync(client)
+                if not synced:
+                    sync(client)
+                    synced = True
                 price_seen_models(client)
             except Exception:  # the store may be briefly away; pricing resumes on the next pass
                 log.exception("model prices: refresh failed")
