@@ -36,6 +36,16 @@ def _connect_factory(settings: config.Settings):
     return lambda: store.connect(settings.dsn, settings.database)
 
 
+def _detector_connect(settings: config.Settings, index: int):
+    """The detector worker's store: on a cluster, one node of its own shard (detectors/cluster_shard.py)."""
+    from agentwatch.detectors.cluster_shard import shard_dsn
+
+    if not (settings.clickhouse_cluster and settings.detect_clickhouse_dsn):
+        return _connect_factory(settings)
+    dsn = shard_dsn(settings.detect_clickhouse_dsn, index)
+    return lambda: store.connect(dsn, settings.database)
+
+
 def _prepare_store(settings: config.Settings):
     client = store.connect(settings.dsn, settings.database)
     applied = migrate.apply(client, cluster=settings.clickhouse_cluster)
@@ -87,7 +97,8 @@ class Detection:
 
         connect = _connect_factory(settings)
         self.stop_event = threading.Event()
-        self.worker = DetectorWorker(connect, DetectorConfig.from_env(), shard=shard)
+        self.worker = DetectorWorker(_detector_connect(settings, shard[0]), DetectorConfig.from_env(), shard=shard,
+                                     cluster=settings.clickhouse_cluster)
         self.dispatcher = AlertDispatcher(connect, AlertConfig.from_env()) if alerts else None
         # Prices for spans that reach the store without the receiver (schemas/prices.py).
         self.prices = PriceRefresher(connect)

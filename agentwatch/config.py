@@ -19,6 +19,9 @@ class Settings:
     clickhouse_dsn: str = ""  # empty: the embedded store under data_dir
     # A ClickHouse cluster name: migrations render ON CLUSTER with Replicated and Distributed tables.
     clickhouse_cluster: str = ""
+    # On a cluster, the node detector shard k reads (one node of cluster shard k+1, `{shard}` standing for k);
+    # empty: clickhouse_dsn (detectors/cluster_shard.py).
+    detect_clickhouse_dsn: str = ""
     database: str = "agentwatch"
     data_dir: str = ""
     listen_host: str = "127.0.0.1"

@@ -28,6 +28,7 @@ from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors.detector import Detector
 from agentwatch.detectors.stream import MAX_LISTED, utc
 from agentwatch.detectors.streams import DetectorStream, SpanStream
+from agentwatch.detectors.part_tail import PartTail
 from agentwatch.detectors.tailing import Tail
 from agentwatch.detectors.traces import OPEN, describe_agent
 
@@ -149,7 +150,7 @@ def _agent_of(spans: SpanStream, row: SecretRow) -> str:
     return "" if agent.startswith(OPEN) or agent == "root" else agent
 
 
-def read(tail: Tail, client, position: int, max_rows: int, shard: str) -> tuple[list[SecretRow], int]:
-    """The next findings after block `position` (of this shard), and the block to resume after."""
+def read(tail: Tail | PartTail, client, position, max_rows: int, shard: str) -> tuple[list[SecretRow], int | dict]:
+    """The next findings after `position` (of this shard), and where to resume."""
     batch = tail.read(client, position, COLUMNS, ORDER, max_rows, shard)
     return [SecretRow(*r[1:-1], bool(r[-1])) for r in batch.rows], batch.position

@@ -39,10 +39,20 @@ RETRIES = 3  # reads thrown away because a listed part was merged meanwhile, bef
 SETTINGS = {"optimize_use_projections": 0}
 
 
+def all_active(client: Client, table: str, parts: list[str]) -> bool:
+    """Are all these parts of `table` still active (not merged away)?"""
+    if not parts:
+        return True
+    n = client.query("SELECT count() FROM system.parts WHERE database = currentDatabase() "
+                     "AND table = {t:String} AND active AND name IN {p:Array(String)}",
+                     parameters={"t": table, "p": parts}).result_rows[0][0]
+    return int(n) == len(parts)
+
+
 @dataclass
 class Batch:
     rows: list[tuple]  # as selected, the block number first
-    position: int  # the block number to resume after (the last block read, or the old position)
+    position: int | dict  # where to resume: the last block read (part_tail: the block ranges read)
     parts: list[str] | None  # the parts read (None: read without part pruning)
 
 
@@ -52,6 +62,19 @@ class Tail:
     def __init__(self, table: str) -> None:
         self.table = table
         self.retries = 0  # reads retried because of a merge (a counter for /metrics)
+
+    @staticmethod
+    def start() -> int:
+        return 0
+
+    @staticmethod
+    def covers(position: int, target: int) -> bool:
+        return position >= target
+
+    @staticmethod
+    def done(position: int) -> tuple[str, dict]:
+        """SQL true for the rows read up to `position`, and its parameters."""
+        return "_block_number <= {done:UInt64}", {"done": position}
 
     def candidate_parts(self, client: Client, position: int) -> tuple[list[str], int]:
         """Active parts that may hold a block after `position`, and the highest block number committed."""
@@ -68,12 +91,7 @@ class Tail:
                    or 0)
 
     def still_active(self, client: Client, parts: list[str]) -> bool:
-        if not parts:
-            return True
-        n = client.query("SELECT count() FROM system.parts WHERE database = currentDatabase() "
-                         "AND table = {t:String} AND active AND name IN {p:Array(String)}",
-                         parameters={"t": self.table, "p": parts}).result_rows[0][0]
-        return int(n) == len(parts)
+        return all_active(client, self.table, parts)
 
     @staticmethod
     def where(position: int, top: int, pruned: bool = True) -> str | None:
@@ -107,8 +125,3 @@ class Tail:
             self.retries += 1
             log.info("%s: a part was merged during the read; reading again", self.table)
         raise AssertionError("unreachable")
-
-    def count_after(self, client: Client, position: int, shard: str = "") -> int:
-        """Rows committed after `position` (of this shard): what is still to be read."""
-        return int(client.query(f"SELECT count() FROM {self.table} WHERE _block_number > {{pos:UInt64}}{shard}",
-                                parameters={"pos": position}, settings=SETTINGS).result_rows[0][0])

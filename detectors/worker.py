@@ -48,14 +48,17 @@ from clickhouse_connect.driver.client import Client
 
 from agentwatch.detectors import anomalies as anomaly_store
 from agentwatch.detectors.anomalies import AnomalyBook
+from agentwatch.detectors.cluster_shard import check_cluster_shard
 from agentwatch.detectors.config import DetectorConfig
 from agentwatch.detectors import secret_exposure
 from agentwatch.detectors.containment import Containment
 from agentwatch.detectors.stream import CredentialRow, SpanRow
 from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import SETTINGS as BY_BLOCK
+from agentwatch.detectors.part_tail import PartTail
 from agentwatch.detectors.tailing import Batch, Tail
 from agentwatch.schemas import store
+from agentwatch.schemas.cluster import local
 from agentwatch.schemas.attributes import TOOL_ARGUMENTS_KEYS
 
 log = logging.getLogger(__name__)
@@ -100,9 +103,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 class WorkerState:
     """Everything a worker checkpoints: positions per table, rows processed, the detectors' state."""
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, positions: dict | None = None) -> None:
         self.version = STATE_VERSION
-        self.positions = {table: 0 for table in TABLES}  # the last block number read
+        # where each table's tail resumes: the last block number read (on a cluster, the block ranges read)
+        self.positions = dict(positions) if positions else {table: 0 for table in TABLES}
         self.processed = {table: 0 for table in TABLES}  # rows read, ever (equals the rows up to the position)
         self.spans = SpanStream(config)
         self.credentials = CredentialStream(config)
@@ -113,10 +117,10 @@ class WorkerState:
     def streams(self) -> tuple:
         return self.spans, self.credentials, self.secrets
 
-    def upgrade(self, config: DetectorConfig) -> None:
+    def upgrade(self, config: DetectorConfig, starts: dict) -> None:
         """A checkpoint of a release that tailed fewer tables: the new ones start at their beginning."""
         for table in TABLES:
-            self.positions.setdefault(table, 0)
+            self.positions.setdefault(table, starts[table])
             self.processed.setdefault(table, 0)
         if not hasattr(self, "secrets"):
             self.secrets = secret_exposure.SecretStream(config)
@@ -134,7 +138,7 @@ class DetectorWorker:
     """Tails the store, detects, writes anomalies, checkpoints. One per shard."""
 
     def __init__(self, connect: Callable[[], Client], config: DetectorConfig | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), cluster: str = "") -> None:
         k, n = shard
         if not 0 <= k < n:
             raise ValueError(f"shard {shard}: need 0 <= k < N")
@@ -142,7 +146,11 @@ class DetectorWorker:
         self.config = config or DetectorConfig.from_env()
         self.shard = (int(k), int(n))
         self.shard_name = f"{k}/{n}"
-        self.tails = {table: Tail(table) for table in TABLES}
+        # On a cluster (`cluster`, the name in remote_servers) the worker reads its own shard's local, Replicated
+        # tables on the node it is connected to, by the block ranges of their parts (part_tail.py).
+        self.cluster = cluster
+        self.tails = ({table: PartTail(local(table)) for table in TABLES} if cluster
+                      else {table: Tail(table) for table in TABLES})
         self.containment = Containment()  # the containment policy (AGENTWATCH_CONTAINMENT_POLICY)
         self._client: Client | None = None
         self._state: WorkerState | None = None
@@ -159,7 +167,14 @@ class DetectorWorker:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = self.connect()
+            client = self.connect()
+            if self.cluster:
+                try:
+                    check_cluster_shard(client, self.cluster, self.shard)
+                except BaseException:
+                    store.close_quietly(client)
+                    raise
+            self._client = client
         return self._client
 
     def run_once(self, max_rows: int = 50_000, checkpoint: bool = True) -> int:
@@ -285,16 +300,17 @@ class DetectorWorker:
         self._state = state
         out = {}
         for table in TABLES:
+            tail = self.tails[table]
+            done, params = tail.done(state.positions[table])
             stored, pending = self.client.query(
-                f"SELECT countIf(_block_number <= {{pos:UInt64}}), countIf(_block_number > {{pos:UInt64}}) "
-                f"FROM {table} WHERE 1{self._table_shard(table)}",
-                parameters={"pos": state.positions[table]}, settings=BY_BLOCK).result_rows[0]
+                f"SELECT countIf({done}), countIf(NOT {done}) FROM {tail.table} WHERE 1{self._table_shard(table)}",
+                parameters=params, settings=BY_BLOCK).result_rows[0]
             out[table] = {"stored": int(stored), "processed": state.processed[table], "pending": int(pending)}
             self.stats["stored"][table] = int(stored)
             self.stats["processed"][table] = state.processed[table]
             self.stats["pending"][table] = int(pending)
             if int(stored) != state.processed[table]:
-                log.warning("detector %s: %s holds %d rows up to block %d, %d were processed", self.shard_name,
+                log.warning("detector %s: %s holds %d rows up to %s, %d were processed", self.shard_name,
                             table, stored, state.positions[table], state.processed[table])
         return out
 
@@ -306,7 +322,8 @@ class DetectorWorker:
         while True:
             total += self.run_once(max_rows)
             state = self._state
-            if state is not None and all(state.positions[t] >= target for t, target in targets.items()):
+            if state is not None and all(self.tails[t].covers(state.positions[t], target)
+                                         for t, target in targets.items()):
                 self.flush_checkpoint()
                 return total
             if time.monotonic() > deadline:
@@ -328,7 +345,7 @@ class DetectorWorker:
         saved = self.load_checkpoint()
         self.stats["restores"] += 1
         if saved is None:
-            state = WorkerState(self.config)
+            state = self._new_state()
             if self.config.start_at_latest:
                 for table in TABLES:
                     state.positions[table] = self.tails[table].top(self.client)
@@ -336,7 +353,7 @@ class DetectorWorker:
             return state
         position, blob = saved
         positions = json.loads(position)
-        if positions.get("version") != STATE_VERSION:
+        if positions.get("version") != STATE_VERSION and not self.cluster:
             # an older release's checkpoint: positions were IngestedAt stamps, not block numbers
             log.warning("detector %s: checkpoint of an older release; resuming after the rows it had read, "
                         "models start cold", self.shard_name)
@@ -346,16 +363,19 @@ class DetectorWorker:
         except Exception as exc:  # noqa: BLE001 - unreadable state: keep the positions, learn afresh
             log.warning("detector %s: model state not readable (%s); keeping positions, models start cold",
                         self.shard_name, exc)
-            state = WorkerState(self.config)
-            state.positions = {table: int(positions.get(table, 0)) for table in TABLES}
+            state = self._new_state()
+            state.positions = {table: positions.get(table, state.positions[table]) for table in TABLES}
             state.processed = {table: self._stored_through(table, state.positions[table]) for table in TABLES}
-        state.upgrade(self.config)
+        state.upgrade(self.config, self._new_state().positions)
         for stream in state.streams:
             stream.configure(self.config)
         return state
 
+    def _new_state(self) -> WorkerState:
+        return WorkerState(self.config, {table: tail.start() for table, tail in self.tails.items()})
+
     def _from_old_checkpoint(self, positions: dict) -> WorkerState:
-        state = WorkerState(self.config)
+        state = self._new_state()
         for table in TABLES:
             ingested_us = int(positions.get(table, 0))
             state.positions[table] = int(self.client.query(
@@ -364,10 +384,11 @@ class DetectorWorker:
             state.processed[table] = self._stored_through(table, state.positions[table])
         return state
 
-    def _stored_through(self, table: str, position: int) -> int:
-        return int(self.client.query(f"SELECT count() FROM {table} WHERE _block_number <= {{pos:UInt64}}"
-                                     f"{self._table_shard(table)}", parameters={"pos": position},
-                                     settings=BY_BLOCK).result_rows[0][0])
+    def _stored_through(self, table: str, position) -> int:
+        tail = self.tails[table]
+        done, params = tail.done(position)
+        return int(self.client.query(f"SELECT count() FROM {tail.table} WHERE {done}{self._table_shard(table)}",
+                                     parameters=params, settings=BY_BLOCK).result_rows[0][0])
 
     def status(self) -> dict:
         """Counters and the event-time watermarks (for logs and /metrics)."""
@@ -399,8 +420,8 @@ class DetectorWorker:
         return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "
                                   f"OR cityHash64({CREDENTIAL_OWNER}) % {n} = {k})")
 
-    def _read_spans(self, client: Client, position: int, max_rows: int) -> tuple[list[SpanRow], int]:
-        """The next batch after block `position`, and the block to resume after."""
+    def _read_spans(self, client: Client, position, max_rows: int) -> tuple[list[SpanRow], int | dict]:
+        """The next batch after `position`, and where to resume."""
         shard = self._shard_filter("Tenant")
         batch = self.tails["agent_spans"].read(
             client, position, SPAN_COLUMNS, "Timestamp, TraceId, SpanId", max_rows, shard)
@@ -430,7 +451,7 @@ class DetectorWorker:
                         "pairs": tools}).result_rows
         return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
 
-    def _read_credentials(self, client: Client, position: int, max_rows: int) -> tuple[list[CredentialRow], int]:
+    def _read_credentials(self, client: Client, position, max_rows: int) -> tuple[list[CredentialRow], int | dict]:
         k, n = self.shard
         shard = self._table_shard("credential_events")
         mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}"

@@ -725,3 +725,25 @@ def test_run_forever_raises_on_new_rows_and_checkpoints_when_stopped(dsn, unit_d
         "SELECT max(_block_number) FROM agent_spans").result_rows[0][0])
     assert json.loads(position)["processed"]["agent_spans"] == 81
     assert worker.stats["errors"] == 0
+
+
+def test_the_cluster_tailing_by_part_ranges_gives_the_same_verdicts(dsn, fleet, detected):
+    """On a cluster the worker tails by the block ranges of the parts it has read (part_tail.py), not by one
+    block number; over the same rows, in batches, it must reach the same anomalies and read every row once."""
+    from agentwatch.detectors.part_tail import PartTail
+    from agentwatch.detectors.worker import TABLES
+
+    database = fleet["incidents"][0]
+    client = store.connect(dsn, database)
+    _reset(client)
+    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig())
+    worker.tails = {table: PartTail(table) for table in TABLES}
+    worker.catch_up(4_000)
+    assert worker.stats["batches"] > 8
+    assert all(isinstance(p, dict) for p in worker.status()["positions"].values())
+    audit = worker.audit()
+    assert all(a["stored"] == a["processed"] and a["pending"] == 0 for a in audit.values()), audit
+    assert audit["agent_spans"]["processed"] == detected.spans
+    worker.close()
+    assert {r.anomaly_id for r in evaluation.load_anomalies(client)} == detected.ids
+    client.close()
