@@ -163,3 +163,11 @@ def test_cluster_rendering_runs_on_a_one_shard_embedded_cluster(tmp_path):
     assert report["tenants"] == ["acme", "globex"]
     assert report["credential_uses"] == [["acme", "github-7", "globex"]]
     assert report["minutes"] == [["acme", 2, 1, 0.5], ["globex", 1, 1, 0.5]]
+    # The detector worker in cluster mode, on the same node: it tails its shard's local tables by part ranges,
+    # raises the cross-tenant use, checkpoints, and a restarted worker reads nothing again.
+    assert report["tails"] == ["agent_spans_local", "credential_events_local", "secret_findings_local"]
+    assert report["detected_rows"] == 4 and report["read_again_after_restart"] == 0
+    assert all(a["stored"] == a["processed"] and a["pending"] == 0 for a in report["audit"].values())
+    assert report["anomalies"] == [["cross_tenant", "acme"]] and report["checkpoints"] >= 1
+    # A worker whose shards do not match the cluster's is refused, with what to change.
+    assert "has 1 shards, the detectors run 2" in report["wrong_shard"]
