@@ -68,6 +68,9 @@ __all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
 DETECTOR = "worker"
 STATE_VERSION = 2  # 2: positions are block numbers (1: IngestedAt stamps)
 TABLES = ("agent_spans", "credential_events", secret_exposure.TABLE)
+# On a cluster, the credential events of this shard's tenants' credentials used by other shards' tenants
+# (schemas/sql/0015): credential_events is sharded by the actor.
+OWNER_TABLE = "credential_uses_by_owner"
 # a tool call's arguments, wherever its convention writes them (GenAI, OpenInference, OpenLLMetry)
 TOOL_ARGUMENTS = ("coalesce(" + ", ".join(f"nullIf(SpanAttributes['{key}'], '')" for key in TOOL_ARGUMENTS_KEYS)
                   + ", '')")
@@ -107,7 +110,7 @@ class WorkerState:
         self.version = STATE_VERSION
         # where each table's tail resumes: the last block number read (on a cluster, the block ranges read)
         self.positions = dict(positions) if positions else {table: 0 for table in TABLES}
-        self.processed = {table: 0 for table in TABLES}  # rows read, ever (equals the rows up to the position)
+        self.processed = {table: 0 for table in self.positions}  # rows read, ever (= the rows up to the position)
         self.spans = SpanStream(config)
         self.credentials = CredentialStream(config)
         self.secrets = secret_exposure.SecretStream(config)
@@ -119,8 +122,8 @@ class WorkerState:
 
     def upgrade(self, config: DetectorConfig, starts: dict) -> None:
         """A checkpoint of a release that tailed fewer tables: the new ones start at their beginning."""
-        for table in TABLES:
-            self.positions.setdefault(table, starts[table])
+        for table, start in starts.items():
+            self.positions.setdefault(table, start)
             self.processed.setdefault(table, 0)
         if not hasattr(self, "secrets"):
             self.secrets = secret_exposure.SecretStream(config)
@@ -149,7 +152,7 @@ class DetectorWorker:
         # On a cluster (`cluster`, the name in remote_servers) the worker reads its own shard's local, Replicated
         # tables on the node it is connected to, by the block ranges of their parts (part_tail.py).
         self.cluster = cluster
-        self.tails = ({table: PartTail(local(table)) for table in TABLES} if cluster
+        self.tails = ({table: PartTail(local(table)) for table in TABLES + (OWNER_TABLE,)} if cluster
                       else {table: Tail(table) for table in TABLES})
         self.containment = Containment()  # the containment policy (AGENTWATCH_CONTAINMENT_POLICY)
         self._client: Client | None = None
@@ -189,18 +192,25 @@ class DetectorWorker:
             self._pending = False
         state = self._state if self._state is not None else self.restore()
         self._state = None  # until this batch is done, the checkpoint (or the last good state) is the truth
-        span_rows, span_to = self._read_spans(client, state.positions["agent_spans"], max_rows)
-        credential_rows, credential_to = self._read_credentials(client, state.positions["credential_events"],
-                                                                max_rows)
-        secret_rows, secret_to = secret_exposure.read(self.tails[secret_exposure.TABLE], client,
-                                                      state.positions[secret_exposure.TABLE], max_rows,
-                                                      self._table_shard(secret_exposure.TABLE))
+        read: dict[str, list] = {}  # table -> its rows in this batch
+        to = {}  # table -> where it resumes after this batch
+        read["agent_spans"], to["agent_spans"] = self._read_spans(client, state.positions["agent_spans"], max_rows)
+        for table in (t for t in ("credential_events", OWNER_TABLE) if t in self.tails):
+            read[table], to[table] = self._read_credentials(client, table, state.positions[table], max_rows)
+        read[secret_exposure.TABLE], to[secret_exposure.TABLE] = secret_exposure.read(
+            self.tails[secret_exposure.TABLE], client, state.positions[secret_exposure.TABLE], max_rows,
+            self._table_shard(secret_exposure.TABLE))
+        span_rows, secret_rows = read["agent_spans"], read[secret_exposure.TABLE]
+        credential_rows = read["credential_events"]
+        if OWNER_TABLE in read:  # on a cluster: the two tables' events in event order
+            credential_rows = sorted(credential_rows + read[OWNER_TABLE], key=lambda r: (
+                r.ts, r.trace, r.span, r.event, r.credential, r.agent_id, r.resource))
         rows = len(span_rows) + len(credential_rows) + len(secret_rows)
-        moved = (span_to, credential_to, secret_to) != tuple(state.positions[table] for table in TABLES)
+        moved = any(to[table] != state.positions[table] for table in to)
         self.stats["caught_up"] = rows == 0
         if rows == 0:
             if moved:  # blocks of other shards only: move past them (checkpointed with the next batch)
-                state.positions.update(zip(TABLES, (span_to, credential_to, secret_to)))
+                state.positions.update(to)
                 self._pending = True
             self._state = state
             return 0
@@ -210,9 +220,9 @@ class DetectorWorker:
         state.spans.process(span_rows, state.book)
         state.credentials.process(credential_rows, state.book, state.spans)
         state.secrets.process(secret_rows, state.book, state.spans)
-        state.positions.update(zip(TABLES, (span_to, credential_to, secret_to)))
-        for table, read in zip(TABLES, (span_rows, credential_rows, secret_rows)):
-            state.processed[table] += len(read)
+        state.positions.update(to)
+        for table, table_rows in read.items():
+            state.processed[table] = state.processed.get(table, 0) + len(table_rows)
         changed = state.book.take_dirty()
         for a in changed:
             stream = next(s for s in state.streams if a.kind in s.by_kind)
@@ -299,8 +309,7 @@ class DetectorWorker:
         state = self._state if self._state is not None else self.restore()
         self._state = state
         out = {}
-        for table in TABLES:
-            tail = self.tails[table]
+        for table, tail in self.tails.items():
             done, params = tail.done(state.positions[table])
             stored, pending = self.client.query(
                 f"SELECT countIf({done}), countIf(NOT {done}) FROM {tail.table} WHERE 1{self._table_shard(table)}",
@@ -316,7 +325,7 @@ class DetectorWorker:
 
     def catch_up(self, max_rows: int = 50_000, timeout_s: float = 120.0) -> int:
         """Process every row committed before this call; returns rows processed (tests, benchmarks, replays)."""
-        targets = {table: self.tails[table].top(self.client) for table in TABLES}
+        targets = {table: tail.top(self.client) for table, tail in self.tails.items()}
         deadline = time.monotonic() + timeout_s
         total = 0
         while True:
@@ -347,8 +356,8 @@ class DetectorWorker:
         if saved is None:
             state = self._new_state()
             if self.config.start_at_latest:
-                for table in TABLES:
-                    state.positions[table] = self.tails[table].top(self.client)
+                for table, tail in self.tails.items():
+                    state.positions[table] = tail.top(self.client)
                     state.processed[table] = self._stored_through(table, state.positions[table])
             return state
         position, blob = saved
@@ -364,8 +373,8 @@ class DetectorWorker:
             log.warning("detector %s: model state not readable (%s); keeping positions, models start cold",
                         self.shard_name, exc)
             state = self._new_state()
-            state.positions = {table: positions.get(table, state.positions[table]) for table in TABLES}
-            state.processed = {table: self._stored_through(table, state.positions[table]) for table in TABLES}
+            state.positions = {table: positions.get(table, state.positions[table]) for table in self.tails}
+            state.processed = {table: self._stored_through(table, state.positions[table]) for table in self.tails}
         state.upgrade(self.config, self._new_state().positions)
         for stream in state.streams:
             stream.configure(self.config)
@@ -414,9 +423,11 @@ class DetectorWorker:
         return "" if n == 1 else f" AND cityHash64({expression}) % {n} = {k}"
 
     def _table_shard(self, table: str) -> str:
-        if table != "credential_events":
-            return self._shard_filter("Tenant")
         k, n = self.shard
+        if table == OWNER_TABLE:  # the uses by other shards' tenants (this shard's own are in credential_events)
+            return f" AND cityHash64(Tenant) % {n} != {k} AND cityHash64(CredentialTenant) % {n} = {k}"
+        if table != "credential_events" or OWNER_TABLE in self.tails:  # on a cluster: the actor's tenants
+            return self._shard_filter("Tenant")
         return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "
                                   f"OR cityHash64({CREDENTIAL_OWNER}) % {n} = {k})")
 
@@ -451,11 +462,13 @@ class DetectorWorker:
                         "pairs": tools}).result_rows
         return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
 
-    def _read_credentials(self, client: Client, position, max_rows: int) -> tuple[list[CredentialRow], int | dict]:
+    def _read_credentials(self, client: Client, table: str, position,
+                          max_rows: int) -> tuple[list[CredentialRow], int | dict]:
         k, n = self.shard
-        shard = self._table_shard("credential_events")
-        mine = "1, 1" if n == 1 else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}"
-        batch = self.tails["credential_events"].read(
+        shard = self._table_shard(table)
+        mine = ("0, 1" if table == OWNER_TABLE else "1, 1" if n == 1
+                else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}")
+        batch = self.tails[table].read(
             client, position, "toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, "
             f"SpanId, Tenant, AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine}",
             "Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource", max_rows, shard)

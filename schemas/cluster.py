@@ -52,6 +52,8 @@ SHARDING = {
     # one shard. Their views from otel_traces re-shard from trace to tenant.
     "agent_spans": "cityHash64(Tenant)",
     "credential_events": "cityHash64(Tenant)",
+    # A credential's uses by other tenants, with its owner: the owner's detector shard reads them there.
+    "credential_uses_by_owner": "cityHash64(CredentialTenant)",
     "agent_minutes": "cityHash64(Tenant)",
     "agent_hours": "cityHash64(Tenant)",
     "trace_summaries": "cityHash64(Tenant)",

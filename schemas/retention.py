@@ -68,6 +68,7 @@ TARGETS = (
     # typed span rows and the rollups made from them
     Target("agent_spans", "Timestamp", ("spans",)),
     Target("credential_events", "Timestamp", ("spans",)),
+    Target("credential_uses_by_owner", "Timestamp", ("spans",)),
     Target("otel_traces_trace_id_ts", "Start", ("spans",)),
     Target("trace_summaries", "Hour", ("spans",)),
     Target("agent_minutes", "Minute", ("spans",)),

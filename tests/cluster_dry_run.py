@@ -44,7 +44,7 @@ CONFIG = f"""<clickhouse>
 _ON_CLUSTER = re.compile(rf" ON CLUSTER '{CLUSTER}'")
 _REPLICATED = re.compile(r"Replicated(\w*MergeTree)\('/clickhouse/tables/\{shard\}/[^']+', '\{replica\}'(?:, )?")
 TABLES = ("otel_traces", "otel_traces_trace_id_ts", "trace_span_index", "agent_spans", "credential_events",
-          "agent_minutes", "agent_hours", "trace_summaries")
+          "credential_uses_by_owner", "agent_minutes", "agent_hours", "trace_summaries")
 
 
 class OneShard:
@@ -78,11 +78,16 @@ def spans() -> list[dict]:
            {"agentwatch.credential.id": "github-7", "agentwatch.credential.tenant.id": "acme",
             "agentwatch.resource.name": "repo:globex/api", "agentwatch.resource.tenant.id": "globex",
             "agentwatch.credential.action": "read"})
+    # globex's agent with acme's credential: a use for acme (the owner) to see, copied to credential_uses_by_owner
+    borrowed = (use[0], use[1], {**use[2], "agentwatch.resource.name": "repo:acme/api",
+                                 "agentwatch.resource.tenant.id": "acme"})
     chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": "100",
             "gen_ai.usage.output_tokens": "20", "agentwatch.cost.usd": "0.5"}
     return [span("a" * 32, "1" * 16, "acme", "chat gpt-4o", chat, []),
             span("a" * 32, "2" * 16, "acme", "execute_tool search", {"gen_ai.operation.name": "execute_tool"}, [use]),
-            span("b" * 32, "3" * 16, "globex", "chat gpt-4o", chat, [])]
+            span("b" * 32, "3" * 16, "globex", "chat gpt-4o", chat, []),
+            span("b" * 32, "4" * 16, "globex", "execute_tool deploy", {"gen_ai.operation.name": "execute_tool"},
+                 [borrowed])]
 
 
 def run(directory: Path) -> dict:
@@ -112,8 +117,10 @@ def run(directory: Path) -> dict:
     report["rows"] = {t: raw.command(f"SELECT count() FROM {t}") for t in TABLES}
     report["local_rows"] = {t: raw.command(f"SELECT count() FROM {cluster.local(t)}") for t in TABLES}
     report["tenants"] = sorted(r[0] for r in raw.query("SELECT DISTINCT Tenant FROM agent_spans").result_rows)
-    report["credential_uses"] = raw.query("SELECT Tenant, CredentialId, ResourceTenant FROM credential_events"
-                                          ).result_rows
+    report["credential_uses"] = raw.query("SELECT Tenant, CredentialId, ResourceTenant FROM credential_events "
+                                          "ORDER BY Tenant").result_rows
+    report["uses_by_owner"] = raw.query("SELECT CredentialTenant, Tenant, CredentialId FROM credential_uses_by_owner"
+                                        ).result_rows
     report["minutes"] = raw.query("SELECT Tenant, sum(Spans), sum(ModelCalls), sum(CostUSD) FROM agent_minutes "
                                   "GROUP BY Tenant ORDER BY Tenant").result_rows
     report.update(detect(raw))
@@ -147,7 +154,7 @@ def detect(raw) -> dict:
     out["tails"] = sorted(tail.table for tail in worker.tails.values())
     out["detected_rows"] = worker.catch_up()
     out["audit"] = worker.audit()
-    out["anomalies"] = raw.query("SELECT Kind, Tenant FROM anomalies FINAL ORDER BY Kind").result_rows
+    out["anomalies"] = raw.query("SELECT Kind, Tenant FROM anomalies FINAL ORDER BY Kind, Tenant").result_rows
     out["checkpoints"] = raw.command("SELECT count() FROM detector_state_local")
     restarted = DetectorWorker(lambda: raw, DetectorConfig(), shard=(0, 1), cluster=CLUSTER)
     out["read_again_after_restart"] = restarted.catch_up()

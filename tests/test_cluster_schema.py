@@ -69,8 +69,10 @@ def test_views_read_local_tables_and_reshard_traces_to_tenants():
         assert sources and all(s.endswith("_local") for s in sources), statement
         targets[view[1]] = view[2]
     # Views from otel_traces that type rows by tenant write through the Distributed table (trace -> tenant
-    # shard); every other view's rows already sit on their shard and go straight to the local table.
+    # shard), as does the copy of cross-tenant credential events for their owner (actor -> owner shard);
+    # every other view's rows already sit on their shard and go straight to the local table.
     assert targets == {
+        "credential_uses_by_owner_mv": "credential_uses_by_owner",
         "otel_traces_trace_id_ts_mv": "otel_traces_trace_id_ts_local", "agent_spans_mv": "agent_spans",
         "credential_events_mv": "credential_events", "agent_minutes_mv": "agent_minutes_local",
         "agent_hours_mv": "agent_hours_local", "trace_summaries_mv": "trace_summaries_local",
@@ -155,19 +157,24 @@ def test_cluster_rendering_runs_on_a_one_shard_embedded_cluster(tmp_path):
     assert report["applied_again"] == [] and report["single_server_refused"]
     for table in SINGLE_TABLES:
         assert report["engines"][table] == "Distributed" and report["engines"][f"{table}_local"].endswith("MergeTree")
-    # Three spans sent twice with one deduplication token: stored once, typed by tenant, rolled up,
+    # Four spans sent twice with one deduplication token: stored once, typed by tenant, rolled up,
     # every table read by its public name and holding its rows in its local table.
     assert report["rows"] == report["local_rows"]
-    assert report["rows"]["otel_traces"] == report["rows"]["agent_spans"] == report["rows"]["trace_span_index"] == 3
+    assert report["rows"]["otel_traces"] == report["rows"]["agent_spans"] == report["rows"]["trace_span_index"] == 4
     assert report["rows"]["otel_traces_trace_id_ts"] == report["rows"]["trace_summaries"] == 2
     assert report["tenants"] == ["acme", "globex"]
-    assert report["credential_uses"] == [["acme", "github-7", "globex"]]
-    assert report["minutes"] == [["acme", 2, 1, 0.5], ["globex", 1, 1, 0.5]]
+    assert report["credential_uses"] == [["acme", "github-7", "globex"], ["globex", "github-7", "acme"]]
+    # acme's credential used by globex, copied for acme through the Distributed table sharded by owner
+    assert report["uses_by_owner"] == [["acme", "globex", "github-7"]]
+    assert report["minutes"] == [["acme", 2, 1, 0.5], ["globex", 2, 1, 0.5]]
     # The detector worker in cluster mode, on the same node: it tails its shard's local tables by part ranges,
     # raises the cross-tenant use, checkpoints, and a restarted worker reads nothing again.
-    assert report["tails"] == ["agent_spans_local", "credential_events_local", "secret_findings_local"]
-    assert report["detected_rows"] == 4 and report["read_again_after_restart"] == 0
+    assert report["tails"] == ["agent_spans_local", "credential_events_local", "credential_uses_by_owner_local",
+                               "secret_findings_local"]
+    # one shard: every actor is its own, so the copies by owner are left to credential_events
+    assert report["detected_rows"] == 6 and report["read_again_after_restart"] == 0
     assert all(a["stored"] == a["processed"] and a["pending"] == 0 for a in report["audit"].values())
-    assert report["anomalies"] == [["cross_tenant", "acme"]] and report["checkpoints"] >= 1
+    assert report["anomalies"] == [["cross_tenant", "acme"], ["cross_tenant", "globex"]]
+    assert report["checkpoints"] >= 1
     # A worker whose shards do not match the cluster's is refused, with what to change.
     assert "has 1 shards, the detectors run 2" in report["wrong_shard"]

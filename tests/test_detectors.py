@@ -727,17 +727,43 @@ def test_run_forever_raises_on_new_rows_and_checkpoints_when_stopped(dsn, unit_d
     assert worker.stats["errors"] == 0
 
 
+def _cluster_worker(dsn: str, database: str, shard=(0, 1)) -> DetectorWorker:
+    """A worker that reads as it does on a cluster (part_tail.py, credential uses by owner), on this store."""
+    from agentwatch.detectors.part_tail import PartTail
+    from agentwatch.detectors.worker import OWNER_TABLE, TABLES
+
+    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig(), shard=shard)
+    worker.tails = {table: PartTail(table) for table in TABLES + (OWNER_TABLE,)}
+    return worker
+
+
+def test_on_a_cluster_a_credentials_uses_by_other_shards_tenants_reach_its_owners_shard(dsn, fleet, detected):
+    """On a cluster credential_events is sharded by the actor; credential_fanout is the owner's. The owner's
+    shard reads the uses of its credentials by other shards' tenants from credential_uses_by_owner."""
+    database = fleet["incidents"][0]
+    client = store.connect(dsn, database)
+    crossing = client.query("SELECT count() FROM credential_events WHERE CredentialTenant != '' "
+                            "AND cityHash64(CredentialTenant) % 2 != cityHash64(Tenant) % 2").result_rows[0][0]
+    assert crossing > 0, "the scenario should use credentials across the two shards"
+    _reset(client)
+    processed = 0
+    for k in (0, 1):
+        worker = _cluster_worker(dsn, database, shard=(k, 2))
+        worker.catch_up()
+        processed += worker.audit()["credential_uses_by_owner"]["processed"]
+        worker.close()
+    assert processed == crossing
+    assert {r.anomaly_id for r in evaluation.load_anomalies(client)} == detected.ids
+    client.close()
+
+
 def test_the_cluster_tailing_by_part_ranges_gives_the_same_verdicts(dsn, fleet, detected):
     """On a cluster the worker tails by the block ranges of the parts it has read (part_tail.py), not by one
     block number; over the same rows, in batches, it must reach the same anomalies and read every row once."""
-    from agentwatch.detectors.part_tail import PartTail
-    from agentwatch.detectors.worker import TABLES
-
     database = fleet["incidents"][0]
     client = store.connect(dsn, database)
     _reset(client)
-    worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig())
-    worker.tails = {table: PartTail(table) for table in TABLES}
+    worker = _cluster_worker(dsn, database)
     worker.catch_up(4_000)
     assert worker.stats["batches"] > 8
     assert all(isinstance(p, dict) for p in worker.status()["positions"].values())

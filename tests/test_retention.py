@@ -75,6 +75,7 @@ def test_each_class_gets_its_ttl_once(client, monkeypatch):
         "trace_span_index": "toDateTime(Timestamp) + toIntervalDay(3)",
         "agent_spans": "toDateTime(Timestamp) + toIntervalDay(3)",
         "credential_events": "toDateTime(Timestamp) + toIntervalDay(3)",
+        "credential_uses_by_owner": "toDateTime(Timestamp) + toIntervalDay(3)",
         "otel_traces_trace_id_ts": "toDateTime(Start) + toIntervalDay(3)",
         "trace_summaries": "toDateTime(Hour) + toIntervalDay(3)",
         "agent_minutes": "toDateTime(Minute) + toIntervalDay(3)",
@@ -142,7 +143,7 @@ def test_a_class_set_back_to_zero_is_kept_forever_again(client, monkeypatch):
     assert "TTL" not in create_query(client, "trace_span_index").split("ENGINE")[0]
     assert {row[0] for row in retention.in_force(client)} == {
         "otel_traces", "otel_logs", "trace_span_index", "agent_spans", "credential_events", "otel_traces_trace_id_ts",
-        "trace_summaries", "agent_minutes", "agent_hours"}
+        "trace_summaries", "agent_minutes", "agent_hours", "credential_uses_by_owner"}
     retention.apply(client, retention.periods_from(settings_with(monkeypatch)))
     assert retention.in_force(client) == []
     assert all(" TTL " not in engine_full(client, t.table) for t in retention.TARGETS)
@@ -199,8 +200,8 @@ def test_on_a_cluster_the_local_tables_get_the_ttls_once(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report["changed"] == 11 and report["again"] == 0
+    assert report["changed"] == 12 and report["again"] == 0
     assert "TTL toDateTime(Timestamp) + toIntervalDay(1)" in report["engines"]["otel_traces_local"]
     assert "TTL toDateTime(Minute) + toIntervalDay(3)" in report["engines"]["agent_hours_local"]
     assert " TTL " not in report["engines"]["otel_traces"], "the Distributed table holds no rows to expire"
-    assert len(report["in_force"]) == 11
+    assert len(report["in_force"]) == 12
