@@ -40,9 +40,9 @@ def _detector_connect(settings: config.Settings, index: int):
     """The detector worker's store: on a cluster, one node of its own shard (detectors/cluster_shard.py)."""
     from agentwatch.detectors.cluster_shard import shard_dsn
 
-    if not (settings.clickhouse_cluster and settings.detect_clickhouse_dsn):
+    if not (settings.clickhouse_cluster and settings.detector_clickhouse_dsn):
         return _connect_factory(settings)
-    dsn = shard_dsn(settings.detect_clickhouse_dsn, index)
+    dsn = shard_dsn(settings.detector_clickhouse_dsn, index)
     return lambda: store.connect(dsn, settings.database)
 
 

@@ -21,7 +21,7 @@ class Settings:
     clickhouse_cluster: str = ""
     # On a cluster, the node detector shard k reads (one node of cluster shard k+1, `{shard}` standing for k);
     # empty: clickhouse_dsn (detectors/cluster_shard.py).
-    detect_clickhouse_dsn: str = ""
+    detector_clickhouse_dsn: str = ""
     database: str = "agentwatch"
     data_dir: str = ""
     listen_host: str = "127.0.0.1"

@@ -5,7 +5,7 @@ weight 1 (schemas/cluster.py): cluster shard k+1 holds exactly the tenants of
 detector shard k/N when N is the number of shards. So detector shard k reads
 the local tables of a node of shard k+1, and only that node: block ranges and
 part lists are a replica's own, so every query must reach the same replica
-(`AGENTWATCH_DETECT_CLICKHOUSE_DSN` names it, `{shard}` standing for k; a load
+(`AGENTWATCH_DETECTOR_CLICKHOUSE_DSN` names it, `{shard}` standing for k; a load
 balancer in front of several nodes will not do). The check runs on every new
 connection and refuses, with what to change, anything else.
 
@@ -49,6 +49,6 @@ def check_cluster_shard(client: Client, cluster: str, shard: tuple[int, int]) ->
     if here != [k + 1]:
         where = f"shard {here[0]}" if len(here) == 1 else "no shard" if not here else f"shards {here}"
         raise WrongShard(f"detector shard {k}/{n} reads cluster shard {k + 1}, but {host} is {where} of "
-                         f"{cluster!r}: point AGENTWATCH_DETECT_CLICKHOUSE_DSN at a node of shard {k + 1} "
+                         f"{cluster!r}: point AGENTWATCH_DETECTOR_CLICKHOUSE_DSN at a node of shard {k + 1} "
                          "(`{shard}` in it stands for k)")
     return host

@@ -26,10 +26,10 @@ in the same order give the same decisions and the same AnomalyIds, so the
 replay writes new versions of the same anomalies, never duplicates; none is
 missed since the position only moves with the state that saw the rows.
 
-Sharding: `shard=(k, N)` takes tenants with cityHash64(Tenant) % N = k, filtered
-in SQL. cross_tenant belongs to the actor's tenant, credential_fanout to the
-credential's tenant, so a shard reads the credential events of both and each
-anomaly is raised by exactly one shard.
+Sharding: `shard=(k, N)` takes the tenants with cityHash64(Tenant) % N = k, and
+each anomaly is raised by exactly one shard (shard_reader.py). On a ClickHouse
+cluster (`cluster=NAME`) shard k is connected to a node of cluster shard k+1
+(checked, cluster_shard.py) and reads that node's local tables.
 """
 
 from __future__ import annotations
@@ -47,19 +47,15 @@ from datetime import UTC, datetime
 from clickhouse_connect.driver.client import Client
 
 from agentwatch.detectors import anomalies as anomaly_store
+from agentwatch.detectors import secret_exposure
 from agentwatch.detectors.anomalies import AnomalyBook
 from agentwatch.detectors.cluster_shard import check_cluster_shard
 from agentwatch.detectors.config import DetectorConfig
-from agentwatch.detectors import secret_exposure
 from agentwatch.detectors.containment import Containment
-from agentwatch.detectors.stream import CredentialRow, SpanRow
+from agentwatch.detectors.shard_reader import TABLES, ShardReader
 from agentwatch.detectors.streams import CredentialStream, SpanStream
 from agentwatch.detectors.tailing import SETTINGS as BY_BLOCK
-from agentwatch.detectors.part_tail import PartTail
-from agentwatch.detectors.tailing import Batch, Tail
 from agentwatch.schemas import store
-from agentwatch.schemas.cluster import local
-from agentwatch.schemas.attributes import TOOL_ARGUMENTS_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +63,6 @@ __all__ = ["DetectorConfig", "DetectorWorker", "parse_shard"]
 
 DETECTOR = "worker"
 STATE_VERSION = 2  # 2: positions are block numbers (1: IngestedAt stamps)
-TABLES = ("agent_spans", "credential_events", secret_exposure.TABLE)
-# On a cluster, the credential events of this shard's tenants' credentials used by other shards' tenants
-# (schemas/sql/0015): credential_events is sharded by the actor.
-OWNER_TABLE = "credential_uses_by_owner"
-# a tool call's arguments, wherever its convention writes them (GenAI, OpenInference, OpenLLMetry)
-TOOL_ARGUMENTS = ("coalesce(" + ", ".join(f"nullIf(SpanAttributes['{key}'], '')" for key in TOOL_ARGUMENTS_KEYS)
-                  + ", '')")
-ARGS_PREVIEW_CHARS = 300
-CREDENTIAL_OWNER = "if(CredentialTenant != '', CredentialTenant, Tenant)"  # credential_fanout's tenant
-# the batch's (trace, span) pairs: as a subquery, since a literal list of tuples gets slow past ~10k of them
-IN_PAIRS = "(TraceId, SpanId) IN (SELECT arrayJoin({pairs:Array(Tuple(String, String))}))"
-# SpanRow's columns in order, less the three tool-argument fields (read from otel_traces, inserted after CostUSD)
-SPAN_COLUMNS = ("toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, SpanId, ParentSpanId, "
-                "Tenant, AgentId, AgentName, Operation, ToolName, Model, ifNull(CostUSD, 0), InputTokens, "
-                "OutputTokens, CachedInputTokens, ReasoningTokens, Duration, StatusCode = 'Error'")
-
-
 def _utc_ns(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
 
@@ -152,8 +131,7 @@ class DetectorWorker:
         # On a cluster (`cluster`, the name in remote_servers) the worker reads its own shard's local, Replicated
         # tables on the node it is connected to, by the block ranges of their parts (part_tail.py).
         self.cluster = cluster
-        self.tails = ({table: PartTail(local(table)) for table in TABLES + (OWNER_TABLE,)} if cluster
-                      else {table: Tail(table) for table in TABLES})
+        self.reader = ShardReader(self.shard, cluster)
         self.containment = Containment()  # the containment policy (AGENTWATCH_CONTAINMENT_POLICY)
         self._client: Client | None = None
         self._state: WorkerState | None = None
@@ -192,19 +170,8 @@ class DetectorWorker:
             self._pending = False
         state = self._state if self._state is not None else self.restore()
         self._state = None  # until this batch is done, the checkpoint (or the last good state) is the truth
-        read: dict[str, list] = {}  # table -> its rows in this batch
-        to = {}  # table -> where it resumes after this batch
-        read["agent_spans"], to["agent_spans"] = self._read_spans(client, state.positions["agent_spans"], max_rows)
-        for table in (t for t in ("credential_events", OWNER_TABLE) if t in self.tails):
-            read[table], to[table] = self._read_credentials(client, table, state.positions[table], max_rows)
-        read[secret_exposure.TABLE], to[secret_exposure.TABLE] = secret_exposure.read(
-            self.tails[secret_exposure.TABLE], client, state.positions[secret_exposure.TABLE], max_rows,
-            self._table_shard(secret_exposure.TABLE))
-        span_rows, secret_rows = read["agent_spans"], read[secret_exposure.TABLE]
-        credential_rows = read["credential_events"]
-        if OWNER_TABLE in read:  # on a cluster: the two tables' events in event order
-            credential_rows = sorted(credential_rows + read[OWNER_TABLE], key=lambda r: (
-                r.ts, r.trace, r.span, r.event, r.credential, r.agent_id, r.resource))
+        batch = self.reader.read(client, state.positions, max_rows)
+        span_rows, credential_rows, secret_rows, to = batch.spans, batch.credentials, batch.secrets, batch.to
         rows = len(span_rows) + len(credential_rows) + len(secret_rows)
         moved = any(to[table] != state.positions[table] for table in to)
         self.stats["caught_up"] = rows == 0
@@ -221,8 +188,8 @@ class DetectorWorker:
         state.credentials.process(credential_rows, state.book, state.spans)
         state.secrets.process(secret_rows, state.book, state.spans)
         state.positions.update(to)
-        for table, table_rows in read.items():
-            state.processed[table] = state.processed.get(table, 0) + len(table_rows)
+        for table, n in batch.rows.items():
+            state.processed[table] = state.processed.get(table, 0) + n
         changed = state.book.take_dirty()
         for a in changed:
             stream = next(s for s in state.streams if a.kind in s.by_kind)
@@ -312,8 +279,8 @@ class DetectorWorker:
         for table, tail in self.tails.items():
             done, params = tail.done(state.positions[table])
             stored, pending = self.client.query(
-                f"SELECT countIf({done}), countIf(NOT {done}) FROM {tail.table} WHERE 1{self._table_shard(table)}",
-                parameters=params, settings=BY_BLOCK).result_rows[0]
+                f"SELECT countIf({done}), countIf(NOT {done}) FROM {tail.table} "
+                f"WHERE 1{self.reader.table_filter(table)}", parameters=params, settings=BY_BLOCK).result_rows[0]
             out[table] = {"stored": int(stored), "processed": state.processed[table], "pending": int(pending)}
             self.stats["stored"][table] = int(stored)
             self.stats["processed"][table] = state.processed[table]
@@ -375,13 +342,20 @@ class DetectorWorker:
             state = self._new_state()
             state.positions = {table: positions.get(table, state.positions[table]) for table in self.tails}
             state.processed = {table: self._stored_through(table, state.positions[table]) for table in self.tails}
-        state.upgrade(self.config, self._new_state().positions)
+        state.upgrade(self.config, self._starts())
         for stream in state.streams:
             stream.configure(self.config)
         return state
 
+    @property
+    def tails(self) -> dict:
+        return self.reader.tails
+
+    def _starts(self) -> dict:
+        return {table: tail.start() for table, tail in self.tails.items()}
+
     def _new_state(self) -> WorkerState:
-        return WorkerState(self.config, {table: tail.start() for table, tail in self.tails.items()})
+        return WorkerState(self.config, self._starts())
 
     def _from_old_checkpoint(self, positions: dict) -> WorkerState:
         state = self._new_state()
@@ -396,7 +370,7 @@ class DetectorWorker:
     def _stored_through(self, table: str, position) -> int:
         tail = self.tails[table]
         done, params = tail.done(position)
-        return int(self.client.query(f"SELECT count() FROM {tail.table} WHERE {done}{self._table_shard(table)}",
+        return int(self.client.query(f"SELECT count() FROM {tail.table} WHERE {done}{self.reader.table_filter(table)}",
                                      parameters=params, settings=BY_BLOCK).result_rows[0][0])
 
     def status(self) -> dict:
@@ -415,78 +389,3 @@ class DetectorWorker:
         store.close_quietly(self._client)
         self._client = None
         self._state = None
-
-    # --- reading -------------------------------------------------------------------------------------------
-
-    def _shard_filter(self, expression: str) -> str:
-        k, n = self.shard
-        return "" if n == 1 else f" AND cityHash64({expression}) % {n} = {k}"
-
-    def _table_shard(self, table: str) -> str:
-        k, n = self.shard
-        if table == OWNER_TABLE:  # the uses by other shards' tenants (this shard's own are in credential_events)
-            return f" AND cityHash64(Tenant) % {n} != {k} AND cityHash64(CredentialTenant) % {n} = {k}"
-        if table != "credential_events" or OWNER_TABLE in self.tails:  # on a cluster: the actor's tenants
-            return self._shard_filter("Tenant")
-        return "" if n == 1 else (f" AND (cityHash64(Tenant) % {n} = {k} "
-                                  f"OR cityHash64({CREDENTIAL_OWNER}) % {n} = {k})")
-
-    def _read_spans(self, client: Client, position, max_rows: int) -> tuple[list[SpanRow], int | dict]:
-        """The next batch after `position`, and where to resume."""
-        shard = self._shard_filter("Tenant")
-        batch = self.tails["agent_spans"].read(
-            client, position, SPAN_COLUMNS, "Timestamp, TraceId, SpanId", max_rows, shard)
-        if not batch.rows:
-            return [], batch.position
-        arguments = self._tool_arguments(client, batch, shard)
-        out = []
-        for r in batch.rows:
-            args = arguments.get((r[3], r[4])) if r[9] == "execute_tool" else None
-            out.append(SpanRow(*r[1:13], *(args or (0, 0, "")), *r[13:]))
-        return out, batch.position
-
-    def _tool_arguments(self, client: Client, batch: Batch, shard: str) -> dict[tuple[str, str], tuple[int, int, str]]:
-        """(trace, span) -> (cityHash64, bytes, preview) of the arguments of the batch's tool spans."""
-        tools = [(r[3], r[4]) for r in batch.rows if r[9] == "execute_tool"]
-        if not tools:
-            return {}
-        tool_ts = [r[2] for r in batch.rows if r[9] == "execute_tool"]
-        result = client.query(
-            f"SELECT TraceId, SpanId, cityHash64(a), length(a), substringUTF8(a, 1, {ARGS_PREVIEW_CHARS}) FROM ("
-            f"SELECT TraceId, SpanId, {TOOL_ARGUMENTS} AS a FROM otel_traces "
-            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) "
-            "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
-            f"AND TraceId IN {{traces:Array(String)}} AND {IN_PAIRS}"
-            ") WHERE a != ''",
-            parameters={"lo": min(tool_ts), "hi": max(tool_ts), "traces": sorted({t for t, _ in tools}),
-                        "pairs": tools}).result_rows
-        return {(r[0], r[1]): (int(r[2]) or 1, int(r[3]), r[4]) for r in result}
-
-    def _read_credentials(self, client: Client, table: str, position,
-                          max_rows: int) -> tuple[list[CredentialRow], int | dict]:
-        k, n = self.shard
-        shard = self._table_shard(table)
-        mine = ("0, 1" if table == OWNER_TABLE else "1, 1" if n == 1
-                else f"cityHash64(Tenant) % {n} = {k}, cityHash64({CREDENTIAL_OWNER}) % {n} = {k}")
-        batch = self.tails[table].read(
-            client, position, "toUnixTimestamp64Micro(IngestedAt), toUnixTimestamp64Nano(Timestamp), TraceId, "
-            f"SpanId, Tenant, AgentId, Event, CredentialId, CredentialTenant, Resource, ResourceTenant, Action, {mine}",
-            "Timestamp, TraceId, SpanId, Event, CredentialId, AgentId, Resource", max_rows, shard)
-        if not batch.rows:
-            return [], batch.position
-        parents = self._parents(client, [(r[3], r[4]) for r in batch.rows if not r[6]], [r[2] for r in batch.rows])
-        return [CredentialRow(*r[1:13], bool(r[13]), bool(r[14]), parents.get((r[3], r[4]), ""))
-                for r in batch.rows], batch.position
-
-    def _parents(self, client: Client, spans: list[tuple[str, str]], ts: list[int]) -> dict[tuple[str, str], str]:
-        """(trace, span) -> parent span, for the spans credential uses without an agent happened on."""
-        if not spans:
-            return {}
-        rows = client.query(
-            "SELECT TraceId, SpanId, ParentSpanId FROM agent_spans "
-            "WHERE Timestamp >= fromUnixTimestamp64Nano({lo:Int64}) - toIntervalDay(1) "
-            "AND Timestamp <= fromUnixTimestamp64Nano({hi:Int64}) "
-            f"AND TraceId IN {{traces:Array(String)}} AND {IN_PAIRS}",
-            parameters={"lo": min(ts), "hi": max(ts), "traces": sorted({t for t, _ in spans}),
-                        "pairs": spans}).result_rows
-        return {(r[0], r[1]): r[2] for r in rows}

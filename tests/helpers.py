@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agentwatch.collector.receiver import Receiver, ReceiverConfig
 from agentwatch.detectors.tailing import Tail
-from agentwatch.detectors.worker import TABLES, DetectorWorker
+from agentwatch.detectors.shard_reader import TABLES
+from agentwatch.detectors.worker import DetectorWorker
 from agentwatch.schemas import migrate, store
 
 
@@ -110,6 +111,23 @@ class RecordingWorker(DetectorWorker):
         self.audits: list[tuple[float, dict]] = []  # (monotonic time the audit began, its result)
         self.read = {table: Counter() for table in TABLES}
         self.lag_s: list[float] = []  # per span row: read time - IngestedAt
+        # every row read, through the worker's own reader
+        spans, credentials = self.reader.spans, self.reader.credentials
+
+        def read_spans(client, position, max_rows):
+            rows, to = spans(client, position, max_rows)
+            now_us = time.time() * 1e6
+            self.read["agent_spans"].update((r.trace, r.span) for r in rows)
+            self.lag_s.extend((now_us - r.ingested_us) / 1e6 for r in rows)
+            return rows, to
+
+        def read_credentials(client, table, position, max_rows):
+            rows, to = credentials(client, table, position, max_rows)
+            self.read.setdefault(table, Counter()).update((r.trace, r.span, r.ts, r.event, r.credential, r.resource)
+                                                          for r in rows)
+            return rows, to
+
+        self.reader.spans, self.reader.credentials = read_spans, read_credentials
 
     def audit(self):
         began = time.monotonic()
@@ -117,15 +135,3 @@ class RecordingWorker(DetectorWorker):
         self.audits.append((began, result))
         return result
 
-    def _read_spans(self, client, position, max_rows):
-        rows, to = super()._read_spans(client, position, max_rows)
-        now_us = time.time() * 1e6
-        self.read["agent_spans"].update((r.trace, r.span) for r in rows)
-        self.lag_s.extend((now_us - r.ingested_us) / 1e6 for r in rows)
-        return rows, to
-
-    def _read_credentials(self, client, position, max_rows):
-        rows, to = super()._read_credentials(client, position, max_rows)
-        self.read["credential_events"].update((r.trace, r.span, r.ts, r.event, r.credential, r.resource)
-                                              for r in rows)
-        return rows, to

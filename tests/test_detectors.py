@@ -730,10 +730,10 @@ def test_run_forever_raises_on_new_rows_and_checkpoints_when_stopped(dsn, unit_d
 def _cluster_worker(dsn: str, database: str, shard=(0, 1)) -> DetectorWorker:
     """A worker that reads as it does on a cluster (part_tail.py, credential uses by owner), on this store."""
     from agentwatch.detectors.part_tail import PartTail
-    from agentwatch.detectors.worker import OWNER_TABLE, TABLES
+    from agentwatch.detectors.shard_reader import OWNER_TABLE, TABLES
 
     worker = DetectorWorker(lambda: store.connect(dsn, database), DetectorConfig(), shard=shard)
-    worker.tails = {table: PartTail(table) for table in TABLES + (OWNER_TABLE,)}
+    worker.reader.tails = {table: PartTail(table) for table in TABLES + (OWNER_TABLE,)}
     return worker
 
 
