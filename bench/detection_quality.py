@@ -42,6 +42,8 @@ from agentwatch.collector.receiver import Receiver, ReceiverConfig
 from agentwatch.demo import stock
 from agentwatch.detectors import evaluation
 from agentwatch.detectors.config import DetectorConfig
+from agentwatch.detectors.part_tail import PartTail
+from agentwatch.detectors.shard_reader import OWNER_TABLE, TABLES
 from agentwatch.detectors.worker import DetectorWorker
 from agentwatch.schemas import migrate, store
 
@@ -81,12 +83,17 @@ def drive_fleet(dsn: str, database: str, *, family: str = "demo", seed: int, sta
             "incidents": result.incidents}
 
 
-def detect(dsn: str, database: str, config: DetectorConfig, batch_rows: int = 50_000) -> dict:
-    """A fresh worker over the whole database; its anomalies, the labels and how fast it went."""
+def detect(dsn: str, database: str, config: DetectorConfig, batch_rows: int = 50_000, cursor: str = "blocks") -> dict:
+    """A fresh worker over the whole database; its anomalies, the labels and how fast it went.
+
+    cursor "parts" reads as the worker does on a cluster (detectors/part_tail.py, credential uses by owner),
+    here on the single-server tables."""
     client = store.connect(dsn, database)
     client.command("TRUNCATE TABLE anomalies")
     client.command("TRUNCATE TABLE detector_state")
     worker = DetectorWorker(lambda: store.connect(dsn, database), config)
+    if cursor == "parts":
+        worker.reader.tails = {table: PartTail(table) for table in TABLES + (OWNER_TABLE,)}
     began = time.perf_counter()
     worker.catch_up(batch_rows, timeout_s=3600)
     seconds = time.perf_counter() - began
@@ -137,6 +144,8 @@ def main() -> None:
     parser.add_argument("--start", default="2025-06-16T12:00:00Z", help="UTC start of the simulated history")
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--data-dir", default=None, help="embedded store directory (default: a temp dir)")
+    parser.add_argument("--cursor", choices=("blocks", "parts"), default="blocks",
+                        help="the worker's cursor: blocks (one server) or parts (as on a cluster)")
     args = parser.parse_args()
     start_ns = int(datetime.fromisoformat(args.start.replace("Z", "+00:00")).timestamp()) * NS
     dsn = f"chdb://{args.data_dir or tempfile.mkdtemp(prefix='agentwatch-detect-')}"
@@ -162,7 +171,7 @@ def main() -> None:
             all_rows, all_labels, throughput, normal = [], [], [], {"spans": 0, "anomalies": {}, "summaries": []}
             timing: list[dict] = []
             for seed, kind, database, fleet in fleets:
-                result = detect(dsn, database, rails_config(rails), args.batch_rows)
+                result = detect(dsn, database, rails_config(rails), args.batch_rows, args.cursor)
                 throughput.append({"run": database, "spans": result["span_rows"], "rows": result["all_rows"],
                                    "seconds": round(result["seconds"], 2),
                                    "spans_per_s": round(result["span_rows"] / max(result["seconds"], 1e-9)),
