@@ -197,6 +197,18 @@ def cmd_detect(args, settings: config.Settings) -> int:
         print(f"--shard must be k/N with 0 <= k < N, not {args.shard!r}", file=sys.stderr)
         return 2
     _prepare_store(settings)
+    if settings.clickhouse_cluster:  # a detector on the wrong node would read other tenants' rows, or none
+        from agentwatch.detectors.cluster_shard import WrongShard, check_cluster_shard
+
+        client = _detector_connect(settings, index)()
+        try:
+            host = check_cluster_shard(client, settings.clickhouse_cluster, (index, count))
+        except WrongShard as exc:
+            print(f"agentwatch detect: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            store.close_quietly(client)
+        print(f"agentwatch detect: reading cluster shard {index + 1} on {host}", flush=True)
     detection = Detection(settings, (index, count), alerts=args.alerts)
     if args.metrics_port:
         from prometheus_client import start_http_server
