@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentwatch import config
+from agentwatch.dashboard.text import literal
 
 ROLES = ("viewer", "responder", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -278,19 +279,10 @@ def current_viewer() -> Viewer | None:
         return None
     if viewer.via != "local":
         scope = "every tenant" if viewer.tenants is None else (", ".join(sorted(viewer.tenants)) or "no tenant")
-        st.sidebar.caption(f"Signed in as **{_literal(viewer.name)}** · {viewer.role} · {_literal(scope)}")
+        st.sidebar.caption(f"Signed in as **{literal(viewer.name)}** · {viewer.role} · {literal(scope)}")
         if viewer.via == "oidc" and st.sidebar.button("Sign out", key="agentwatch_sign_out"):
             st.logout()
     return viewer
-
-
-def _literal(text: str) -> str:
-    r"""Text from a provider or a proxy, shown as typed: no link, emphasis, icon or formula of its own.
-
-    >>> print(_literal("[me](x) *a* $x$ :red[b]"))
-    \[me\]\(x\) \*a\* \$x\$ \:red\[b\]
-    """
-    return "".join("\\" + c if c in "\\`*_[]()<>#|~$:" else c for c in text)
 
 
 def _draw_sign_in(s: config.Settings) -> None:

@@ -26,7 +26,7 @@ from agentwatch.dashboard import auth, data, trace_model
 from agentwatch.dashboard.auth import LOCAL_ADMIN, Viewer
 from agentwatch.schemas import audit, halts
 from agentwatch.schemas.vocabulary import AUDIT_ANOMALY_STATUS, AUDIT_HALT, AUDIT_RELEASE, AUDIT_SIGN_IN
-from tests.test_dashboard import APP, ok, shows
+from tests.test_dashboard import APP, ok, plain, shows
 from tests.helpers import wait_for
 
 NS = 1_000_000_000
@@ -124,10 +124,10 @@ def goto(at: AppTest, page: str) -> AppTest:
 
 
 def everything_shown(at: AppTest) -> str:
-    """Every text, table cell, metric and choice on the page, as one string."""
-    parts = [str(e.value) for kind in ("markdown", "caption", "error", "info", "success", "warning", "header",
+    """Every text, table cell, metric and choice on the page, as one string (markdown as the reader sees it)."""
+    parts = [plain(str(e.value)) for kind in ("markdown", "caption", "error", "info", "success", "warning", "header",
                                        "subheader", "json", "code", "text_area") for e in at.get(kind)]
-    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [plain(f"{m.label} {m.value}") for m in at.metric]
     parts += [d.value.to_csv() for d in at.dataframe]
     parts += [" ".join(map(str, box.options)) for box in (*at.selectbox, *at.multiselect)]
     parts += [node.proto.spec for node in at.get("vega_lite_chart")]
@@ -415,6 +415,6 @@ def test_cache_keys_tell_grants_apart_and_telemetry_text_is_drawn_as_typed():
     assert scope_key(one) != scope_key(two) and scope_key(LOCAL_ADMIN) not in (scope_key(one), scope_key(two))
     injected = "![pixel](https://evil.example/p.png) [click](https://evil.example) <https://evil.example> :red[x]"
     shown = literal(injected + "\n# heading")
-    assert "\n" not in shown and "](" not in shown.replace("\\](", "") and "\\<https\\:" in shown
-    assert literal("acme-planner-1 (test anomaly)") == "acme-planner-1 (test anomaly)"
+    assert "\n" not in shown and "](" not in shown and "\\<https\\:" in shown and "\\# heading" in shown
+    assert plain(literal("acme-planner-1 (test anomaly)")) == "acme-planner-1 (test anomaly)"
     assert code("agent-1") == "`agent-1`" and "`" not in code("a`](x)").replace("\\`", "")

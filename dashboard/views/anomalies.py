@@ -10,7 +10,7 @@ import streamlit as st
 from agentwatch.dashboard import charts, data
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.views import containment
-from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, literal, open_trace, table
+from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, code, literal, open_trace, table
 from agentwatch.schemas.vocabulary import ANOMALY_STATUSES, SEVERITIES, UNRESOLVED_STATUSES, describe_kind
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def render(db, viewer: Viewer, start: datetime, end: datetime) -> None:
     c = st.columns(4)
     unpin = {"on_change": lambda: st.session_state.pop("anomaly_pinned", None)}
     kinds = c[0].multiselect("Kind", facets["kinds"], key="f_kind", **unpin,
-                             help="\n".join(f"- `{k}`: {describe_kind(k) or 'not described'}" for k in facets["kinds"]))
+                             help="\n".join(f"- {code(k)}: {describe_kind(k) or 'not described'}"
+                                            for k in facets["kinds"]))
     severities = c[1].multiselect("Severity", list(reversed(SEVERITIES)), key="f_severity", **unpin)
     tenants = c[2].multiselect("Tenant", facets["tenants"], key="f_tenant", **unpin)
     statuses = c[3].multiselect("Status", list(ANOMALY_STATUSES), default=list(UNRESOLVED_STATUSES), key="f_status",
@@ -63,9 +64,9 @@ def _set_status(viewer: Viewer, anomaly_id: str, status: str) -> None:
     try:
         data.set_anomaly_status(client(), viewer, anomaly_id, status)
     except (PermissionError, LookupError) as error:
-        st.session_state["anomaly_note"] = f"Not changed: {error}"
+        st.session_state["anomaly_note"] = f"Not changed: {literal(error)}"
         return
-    st.session_state["anomaly_note"] = f"Anomaly {anomaly_id} marked {status}."
+    st.session_state["anomaly_note"] = f"Anomaly {code(anomaly_id)} marked {status}."
 
 
 def _status_buttons(viewer: Viewer, a: dict) -> None:
@@ -86,23 +87,24 @@ def _status_buttons(viewer: Viewer, a: dict) -> None:
 def detail(db, viewer: Viewer, anomaly_id: str) -> None:
     a = data.anomaly(db, viewer, anomaly_id)
     if a is None:
-        st.error(f"No anomaly with id {anomaly_id!r}.")
+        st.error(f"No anomaly with id {literal(repr(anomaly_id))}.")
         return
     st.subheader(f":material/crisis_alert: {literal(a['Kind'])} · {literal(a['Tenant'])} · "
                  f"{literal(a['AgentId'] or a['TraceId'])}")
-    st.markdown(f"{SEVERITY_BADGE.get(a['Severity'], a['Severity'])} {STATUS_BADGE.get(a['Status'], a['Status'])}")
+    st.markdown(f"{SEVERITY_BADGE.get(a['Severity'], literal(a['Severity']))} "
+                f"{STATUS_BADGE.get(a['Status'], literal(a['Status']))}")
     if describe_kind(a["Kind"]):
-        st.caption(f"{a['Kind']}: {describe_kind(a['Kind'])}")
+        st.caption(f"{literal(a['Kind'])}: {describe_kind(a['Kind'])}")
     st.markdown(f"**{literal(a['Summary'])}**")
     cols = st.columns(5)
-    cols[0].metric("Status", a["Status"])
-    cols[1].metric("Severity", a["Severity"])
+    cols[0].metric("Status", literal(a["Status"]))  # a metric's value is markdown too
+    cols[1].metric("Severity", literal(a["Severity"]))
     cols[2].metric("Score", f"{a['Score']:,.2f}")
     duration = (a["LastSeen"] - a["FirstSeen"]).total_seconds()
     cols[3].metric("Lasted", f"{duration / 60:,.1f} min")
     cols[4].metric("Detected", f"{a['DetectedAt']:%H:%M:%S}")
-    st.caption(f"id `{a['AnomalyId']}` · first seen {a['FirstSeen']} · last seen {a['LastSeen']} UTC · "
-               f"detected {a['DetectedAt']} · trace `{a['TraceId'] or '—'}` · updated {a['UpdatedAt']}")
+    st.caption(f"id {code(a['AnomalyId'])} · first seen {a['FirstSeen']} · last seen {a['LastSeen']} UTC · "
+               f"detected {a['DetectedAt']} · trace {code(a['TraceId'] or '—')} · updated {a['UpdatedAt']}")
     _status_buttons(viewer, a)
     left, right = st.columns([3, 2])
     with left:
@@ -110,13 +112,13 @@ def detail(db, viewer: Viewer, anomaly_id: str) -> None:
             base = data.anomaly_baseline(db, viewer, a)
         except Exception as error:  # a chart must never hide the rest of the anomaly
             log.exception("baseline chart")
-            st.warning(f"No baseline chart: {error}")
+            st.warning(f"No baseline chart: {literal(error)}")
         else:
             if len(base.series):
                 st.altair_chart(charts.baseline(base.series, base.metric, base.normal, base.window,
                                                 base.normal_label, base.threshold), width="stretch")
             else:
-                st.caption(f"No {base.metric} recorded around this anomaly.")
+                st.caption(f"No {literal(base.metric)} recorded around this anomaly.")
     with right:
         st.markdown("**Evidence**")
         st.json(data.evidence_of(a), expanded=2)

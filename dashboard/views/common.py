@@ -10,6 +10,7 @@ import streamlit as st
 
 from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
+from agentwatch.dashboard.text import code, literal  # noqa: F401  (the pages draw telemetry text with these)
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +107,6 @@ def open_trace(trace_id: str, switch: bool = True, step: int = 1, anomaly: str |
 
 def table(df: pl.DataFrame, **kwargs) -> None:
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
-
-
-# What markdown (and Streamlit's own additions: :icons:, :color[...], $formulas$) reads as syntax: a link or
-# image needs [ ], an autolink < > or a scheme's ':' or a host's '.', the rest is emphasis, code, tables, headings.
-MARKDOWN_SPECIAL = frozenset("\\`*_[]<>#|~$:!.")
-
-
-def literal(text) -> str:
-    r"""Telemetry text (an agent's id, a summary, a reason) to draw inside markdown as typed, on one line:
-    no link, image, emphasis, icon or formula of its own.
-
-    >>> print(literal("![x](http://h.io/i.png) *a* $x$ :red[b] www.h.io"))
-    \!\[x\](http\://h\.io/i\.png) \*a\* \$x\$ \:red\[b\] www\.h\.io
-    """
-    flat = " ".join(str(text).splitlines())
-    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in flat)
-
-
-def code(text) -> str:
-    """Telemetry text as inline code: a backtick of its own would end the code span, so it is drawn as literal text."""
-    text = str(text)
-    return f"`{text}`" if "`" not in text and "\n" not in text and "\r" not in text else literal(text)
 
 
 def money(value: float | None) -> str:

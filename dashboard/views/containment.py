@@ -29,7 +29,7 @@ def _decide(action: str, viewer: Viewer, anomaly_id: str, scope: str) -> None:
             st.session_state["halt_note"] = ("success", f"Released the {LABELS[scope]} {literal(decision.target)}: its "
                                                         "agents carry on.")
     except (PermissionError, LookupError, ValueError) as error:
-        st.session_state["halt_note"] = ("error", str(error))
+        st.session_state["halt_note"] = ("error", literal(error))
 
 
 def render(db, viewer: Viewer, anomaly_row: dict) -> None:

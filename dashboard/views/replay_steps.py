@@ -14,7 +14,7 @@ import streamlit as st
 from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.trace_model import STEP_KINDS, human_bytes
-from agentwatch.dashboard.views.common import goto, load_trace, money, payload, small_attributes, table
+from agentwatch.dashboard.views.common import code, goto, literal, load_trace, money, payload, small_attributes, table
 from agentwatch.schemas.vocabulary import AUDIT_PAYLOAD_OPENED
 
 STEP_ICONS = {"agent_start": ":material/smart_toy:", "agent_end": ":material/flag:", "prompt": ":material/chat:",
@@ -68,7 +68,9 @@ def render(db, viewer: Viewer, trace: trace_model.Trace) -> None:
     step = trace.step(st.session_state["step"])
     st.progress(step["Step"] / n, text=f"Step {step['Step']:,} of {n:,} · +{step['Offset']:,.3f} s · "
                                          f"{data.utc(step['TimeNs']):%H:%M:%S.%f} UTC")
-    title = f"{STEP_ICONS.get(step['Kind'], '')} {STEP_KINDS.get(step['Kind'], step['Kind'])}: {step['Title']}"
+    # the kind's icon is ours; its name and the title (span, agent, tool names, summaries) are the sender's
+    title = f"{STEP_ICONS.get(step['Kind'], '')} {literal(STEP_KINDS.get(step['Kind'], step['Kind']))}: " \
+            f"{literal(step['Title'])}"
     (st.error if step["Flag"] else st.markdown)(f"**{title}**")
     m = st.columns(6)
     m[0].metric("Cost so far", money(step["CostSoFar"]))
@@ -94,16 +96,17 @@ def step_body(db, viewer: Viewer, trace: trace_model.Trace, step: dict) -> None:
         if len(events):
             row = events.row(0, named=True)
             if row["CrossTenant"]:
-                st.error(f"Cross-tenant: agent {row['AgentId']} of tenant **{row['Tenant']}** used credential "
-                         f"**{row['CredentialId']}** of tenant **{row['CredentialTenant']}** on "
-                         f"{row['Resource'] or '—'} (tenant {row['ResourceTenant'] or '—'}).")
+                st.error(f"Cross-tenant: agent {literal(row['AgentId'])} of tenant **{literal(row['Tenant'])}** used "
+                         f"credential **{literal(row['CredentialId'])}** of tenant "
+                         f"**{literal(row['CredentialTenant'])}** on {literal(row['Resource'] or '—')} "
+                         f"(tenant {literal(row['ResourceTenant'] or '—')}).")
             table(events.drop("TimeNs"))
         return
     if step["Kind"] == "anomaly":
         a = trace.anomalies.filter(pl.col("AnomalyId") == step["Ref"])
         if len(a):
             row = a.row(0, named=True)
-            st.markdown(row["Summary"])
+            st.markdown(literal(row["Summary"]))
             st.json(data.evidence_of(row), expanded=1)
             st.button("Open in the inbox", key="step_open_anomaly", on_click=goto, args=("Anomalies",),
                       kwargs={"anomaly_id": row["AnomalyId"]})
@@ -116,16 +119,17 @@ def step_body(db, viewer: Viewer, trace: trace_model.Trace, step: dict) -> None:
         st.caption("Nothing was captured for this step.")
     for name, size in payloads:
         payload_block(db, viewer, trace, span, name, size)
-    with st.expander(f"Span `{span['SpanId']}` · {span['SpanName']} · all attributes"):
+    with st.expander(f"Span {code(span['SpanId'])} · {literal(span['SpanName'])} · all attributes"):
         attrs = trace_model.attr_dict(span.get("Attributes"))
         st.json(attrs, expanded=True)
         others = {k: v for k, v in trace.payloads(span["SpanId"]).items() if k not in dict(payloads)}
         if others:
-            st.caption("Other payloads of this span: " + ", ".join(f"{k} ({human_bytes(v)})" for k, v in others.items()))
+            st.caption("Other payloads of this span: " + ", ".join(f"{literal(k)} ({human_bytes(v)})"
+                                                                 for k, v in others.items()))
             for name, size in others.items():
                 payload_block(db, viewer, trace, span, name, size, force_toggle=True)
         if span.get("StatusMessage"):
-            st.error(span["StatusMessage"])
+            st.error(literal(span["StatusMessage"]))
 
 
 def _span_ref(trace: trace_model.Trace, span: dict) -> dict:
@@ -138,7 +142,7 @@ def payload_block(db, viewer: Viewer, trace: trace_model.Trace, span: dict, name
     """A payload: small ones shown with their step, big ones only when opened (read from the store then)."""
     ref = _span_ref(trace, span)
     key = f"open|{span['SpanId']}|{name}"
-    label = f"{name} · {human_bytes(size)}"
+    label = f"{literal(name)} · {human_bytes(size)}"  # markdown: the toggle's label, the spinner's text
     small = trace_model.attr_dict(span.get("Attributes"))
     asked = False  # read from the store only because the person opened it: that is what the audit log records
     if name in small:
@@ -152,13 +156,13 @@ def payload_block(db, viewer: Viewer, trace: trace_model.Trace, span: dict, name
             value = payload(viewer, ref, name)
         asked = True
     if value is None:
-        st.warning(f"{name}: not found in the store.")
+        st.warning(f"{literal(name)}: not found in the store.")
         return
     if asked:
         _note_opened(db, viewer, trace, span, name, size)
-    st.markdown(f"**{name}** · {human_bytes(len(value.encode()))} · {len(value):,} characters")
+    st.markdown(f"**{literal(name)}** · {human_bytes(len(value.encode()))} · {len(value):,} characters")
     render_payload(value, f"{span['SpanId']}|{name}")
-    st.download_button(f"Download {name}", icon=":material/download:", data=value, file_name=f"{trace.trace_id}-{span['SpanId']}-{name}.json",
+    st.download_button(f"Download {literal(name)}", icon=":material/download:", data=value, file_name=f"{trace.trace_id}-{span['SpanId']}-{name}.json",
                        mime="application/json", key=f"dl|{span['SpanId']}|{name}", on_click="ignore")
 
 
@@ -172,7 +176,7 @@ def render_payload(value: str, key: str) -> None:
         _text(pretty, key, "json" if pretty is not value else None)
         return
     for i, (role, kind, text) in enumerate(messages):
-        st.caption(f"{role} · {kind} · {len(text):,} characters")
+        st.caption(f"{literal(role)} · {literal(kind)} · {len(text):,} characters")
         _text(text, f"{key}|{i}", "json" if kind in ("tool_call", "tool_call_response") else None)
 
 

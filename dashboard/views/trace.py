@@ -14,7 +14,7 @@ from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.trace_model import human_bytes
 from agentwatch.dashboard.views import replay_steps, trace_views
-from agentwatch.dashboard.views.common import client, literal, load_trace, money, open_trace, table
+from agentwatch.dashboard.views.common import client, code, literal, load_trace, money, open_trace, table
 from agentwatch.schemas.vocabulary import AUDIT_TRACE_OPENED
 
 TITLE = "Trace replay"
@@ -35,7 +35,7 @@ def render(db, viewer: Viewer, start: datetime, end: datetime) -> None:
     with st.spinner("Loading the trace (its payloads stay in the store until you open one)…"):
         trace = load_trace(viewer, trace_id)
     if trace is None:
-        st.error(f"No spans stored for trace `{trace_id}`.")
+        st.error(f"No spans stored for trace {code(trace_id)}.")
         return
     if st.session_state.get("audited_trace") != trace_id:
         data.note(db, viewer, AUDIT_TRACE_OPENED, tenant=trace.summary()["tenant"], target=trace_id)
@@ -106,7 +106,7 @@ def _download_trace(viewer: Viewer, trace_id: str):
 
 def header(viewer: Viewer, trace: trace_model.Trace) -> None:
     s = trace.summary()
-    st.markdown(f"#### `{s['trace_id']}` · {literal(s['tenant'])} · {literal(s['root'])}")
+    st.markdown(f"#### {code(s['trace_id'])} · {literal(s['tenant'])} · {literal(s['root'])}")
     cols = st.columns(7)
     cols[0].metric("Spans", f"{s['spans']:,}")
     cols[1].metric("Agents", f"{s['agents']:,}")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from agentwatch.dashboard import charts, data, trace_model
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.dashboard.views.common import load_trace, table
+from agentwatch.dashboard.views.common import literal, load_trace, table
 
 
 def agent_tree(viewer: Viewer, trace: trace_model.Trace) -> None:
@@ -73,11 +73,12 @@ def search(db, viewer: Viewer, trace: trace_model.Trace) -> None:
     with st.spinner("Searching every payload of the trace…"):
         hits = data.search_trace(db, viewer, trace.trace_id, text.strip())
     if hits.is_empty():
-        st.info(f"“{text}” does not occur in this trace.")
+        st.info(f"“{literal(text)}” does not occur in this trace.")
         return
     found = int(hits["Matches"].sum())
-    st.caption(f"The first {len(hits)} payloads (in time order) that contain “{text}”, {found:,} occurrences in them"
-               if len(hits) >= 200 else f"{len(hits)} payloads contain “{text}” ({found:,} occurrences)")
+    shown = literal(text)
+    st.caption(f"The first {len(hits)} payloads (in time order) that contain “{shown}”, {found:,} occurrences in them"
+               if len(hits) >= 200 else f"{len(hits)} payloads contain “{shown}” ({found:,} occurrences)")
     table(hits.with_columns(((pl.col("StartNs") - trace.start_ns) / 1e9).alias("Offset"))
            .select("Offset", "SpanName", "Key", "Matches", "Bytes", "Position", "Snippet", "SpanId"),
            column_config={"Offset": st.column_config.NumberColumn("+s", format="%.3f")})
