@@ -10,6 +10,7 @@ time until the receiver has written everything it accepted is measured, then
 it is stopped and the store is read back request by request.
 
     python bench/receiver_overload.py --duration 120 --factor 3
+    python bench/receiver_overload.py --duration 60 --factor 3 --max-memory-mb 600   # a bounded process
 
 Prints one JSON object: offered, acknowledged, refused and given-up requests
 and spans, spans stored (and any acknowledged span missing or stored twice),
@@ -147,6 +148,9 @@ def main() -> None:
                         help="AGENTWATCH_EMBEDDED_MAX_MEMORY of the receiver's embedded engine, e.g. 256M (default: none)")
     parser.add_argument("--max-memory-mb", type=int, default=0,
                         help="AGENTWATCH_MAX_MEMORY_BYTES: the receiver process's resident anonymous memory (0: none)")
+    parser.add_argument("--embedded-dirty-decay-ms", default="",
+                        help="AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS: how long the engine's allocator keeps freed memory "
+                             "(default: the receiver's, 0; '-': as the engine was built, 5000)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="agentwatch-overload-")
@@ -154,7 +158,9 @@ def main() -> None:
     receiver = ReceiverProcess(data_dir, port, max_queue_bytes=str(args.max_queue_mb << 20),
                                max_converting_bytes=str(args.max_converting_mb << 20),
                                max_memory_bytes=str(args.max_memory_mb << 20),
-                               embedded_max_memory=args.embedded_max_memory).start()
+                               embedded_max_memory=args.embedded_max_memory,
+                               **({"embedded_dirty_decay_ms": args.embedded_dirty_decay_ms}
+                                  if args.embedded_dirty_decay_ms else {})).start()
     try:
         measure(args, receiver, data_dir, port)
     finally:
@@ -237,7 +243,8 @@ def measure(args, receiver: ReceiverProcess, data_dir: str, port: int) -> None:
         "anonymous_peak_main_process_mb": round(peak["anon"] / 2**20),
         "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb,
                       "max_memory": args.max_memory_mb,
-                      "embedded_engine": args.embedded_max_memory or "unset"},
+                      "embedded_engine": args.embedded_max_memory or "unset",
+                      "embedded_dirty_decay_ms": args.embedded_dirty_decay_ms or "default (0)"},
         "healthz_ms": {"p50": round(statistics.median(probes) * 1000, 1),
                        "p99": round(statistics.quantiles(probes, n=100)[98] * 1000, 1),
                        "max": round(max(probes) * 1000, 1), "failed": probe_failures["count"]},

@@ -7,8 +7,10 @@ talks to a server. Same SQL on both.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +18,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 DEFAULT_DATABASE = "agentwatch"
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -53,6 +56,39 @@ def _embedded_path(dsn: str) -> str:
 
 
 MEMORY_ENV = "AGENTWATCH_EMBEDDED_MAX_MEMORY"
+DIRTY_DECAY_ENV = "AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS"
+_ALLOCATOR_ENV = "JE_MALLOC_CONF"  # what the embedded engine's jemalloc reads (not MALLOC_CONF)
+_allocator_warned = False
+
+
+def _allocator_options() -> None:
+    """Have the embedded engine's allocator hand freed memory back to the system at once.
+
+    The engine's jemalloc keeps pages its inserts freed for `dirty_decay_ms` (5 s as built) before
+    returning them. Under a steady stream of large inserts (each into the traces table and its views)
+    that is hundreds of MB the process holds and nothing uses: measured under 3x overload, jemalloc's
+    resident memory ran up to 480 MB above what it had allocated. `AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS`
+    (default 0: at once) sets it. jemalloc reads its options once, when the engine's library is loaded
+    (the first embedded connection of the process), from `JE_MALLOC_CONF`; they are added there unless
+    that variable already names `dirty_decay_ms`. A process that loaded the engine before cannot change
+    them: it says so once.
+    """
+    global _allocator_warned
+    decay = os.environ.get(DIRTY_DECAY_ENV, "0").strip()
+    if not decay or decay == "-":  # "" or "-": leave the engine's allocator as built
+        return
+    if not re.fullmatch(r"-?\d+", decay):
+        raise ValueError(f"{DIRTY_DECAY_ENV}={decay!r}: milliseconds expected (-1: never return pages)")
+    current = os.environ.get(_ALLOCATOR_ENV, "")
+    if "dirty_decay_ms" in current:
+        return  # set by hand: that wins
+    if "chdb" in sys.modules:  # the engine's library is loaded: too late to configure its allocator
+        if not _allocator_warned and f"dirty_decay_ms:{decay}" not in current:
+            _allocator_warned = True
+            log.warning("%s: the embedded engine was loaded before the store was opened; its allocator keeps "
+                        "freed memory as built", DIRTY_DECAY_ENV)
+        return
+    os.environ[_ALLOCATOR_ENV] = ",".join(filter(None, [current, f"dirty_decay_ms:{decay}"]))
 
 
 def embedded_options() -> dict[str, str]:
@@ -61,7 +97,14 @@ def embedded_options() -> dict[str, str]:
     `AGENTWATCH_EMBEDDED_MAX_MEMORY` (bytes, or with a K/M/G suffix) caps what the engine may hold
     (`max_server_memory_usage`): past it, a query or insert fails with a memory error instead of the
     process growing (the receiver's writer retries from its spool; the detectors retry their pass).
+    A cap well above one insert's needs is safe; one close to it (256M against the receiver's 64 MiB
+    batches) can refuse the same insert again and again, and the writer then waits on it.
+
+    `AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS` (default 0) is how long the engine's allocator keeps memory
+    freed by its inserts before handing it back to the system (see `_allocator_options`); "-" leaves it
+    as built (5000).
     """
+    _allocator_options()
     limit = os.environ.get(MEMORY_ENV, "").strip()
     if not limit:
         return {}

@@ -92,3 +92,44 @@ def test_over_its_memory_limit_the_receiver_refuses_until_memory_falls(dsn, data
         assert 'reason="memory"' in httpx.get(f"{url}/metrics").text
     finally:
         receiver.stop()
+
+
+def test_over_its_memory_limit_the_allocator_is_asked_to_return_memory_at_most_once_a_second():
+    from agentwatch.collector.receiver.memory_limit import MemoryLimit
+
+    used, released = [50], []
+    limit = MemoryLimit(100, interval_s=0, read=lambda: used[0], release=lambda: released.append(1))
+    assert not limit.over() and not released  # under the limit: nothing to do
+    used[0] = 150
+    assert limit.over() and limit.over()
+    wait_for(lambda: limit.releases == 1)
+    assert released == [1]  # twice over within a second: asked once
+    limit._released_at -= limit.release_interval_s
+    assert limit.over()
+    wait_for(lambda: limit.releases == 2)
+
+
+EMBEDDED_ALLOCATOR = """
+import re, sys
+from agentwatch.schemas import store
+client = store.connect("chdb://" + sys.argv[1])
+stats = client.query("SELECT * FROM system.jemalloc_stats").result_rows[0][0]
+print(re.search(r"opt.dirty_decay_ms: (-?\\d+)", stats).group(1))
+"""
+
+
+def test_the_embedded_engine_returns_freed_memory_at_once_unless_told_otherwise(tmp_path):
+    """Its allocator as built keeps freed pages for 5 s: under overload hundreds of MB nothing uses."""
+    import os
+    import subprocess
+    import sys
+
+    def decay(**env: str) -> str:
+        clean = {k: v for k, v in os.environ.items() if k not in ("JE_MALLOC_CONF", store.DIRTY_DECAY_ENV)}
+        return subprocess.run([sys.executable, "-c", EMBEDDED_ALLOCATOR, str(tmp_path / "store")], check=True,
+                              capture_output=True, text=True, env={**clean, **env}, timeout=120).stdout.strip()
+
+    assert decay() == "0"
+    assert decay(AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS="1000") == "1000"
+    assert decay(AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS="-") == "5000"  # as the engine was built
+    assert decay(JE_MALLOC_CONF="dirty_decay_ms:2000") == "2000"  # set by hand: that wins

@@ -8,6 +8,19 @@ is true and the receiver answers 503 + Retry-After (gRPC RESOURCE_EXHAUSTED) bef
 body, as the OpenTelemetry Collector's memory_limiter refuses data; what it already accepted is
 still written, memory falls, and it takes requests again.
 
+Over the limit it also asks the C allocator to hand back what it holds freed (`malloc_trim`, glibc
+only; at most once a second, in a thread of its own so the event loop does not wait on it): the
+interpreter's request bodies, rows and insert buffers are freed into glibc's arenas, which otherwise
+keep 50-100 MB of them resident between trims under overload. (The embedded engine's own allocator
+is set to return freed memory at once when the store is opened: `AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS`
+in schemas/store.py.)
+
+The limit is a threshold for taking new requests, not a ceiling: what was accepted before it was
+crossed is still converted and written, and one insert into the embedded engine (the traces table
+and its views) briefly needs up to ~450 MB of its own. Measured under 3x overload (bench/README.md),
+the peak stayed within ~30 MB of a 600 MB limit and ~120 MB over a 500 MB one; set it that much
+below what the process may hold.
+
 Linux only (`/proc/self/status`); elsewhere the limit is not applied and says so once.
 
 >>> limit = MemoryLimit(100, read=lambda: 150)
@@ -19,7 +32,10 @@ False
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,16 +54,32 @@ def anonymous_resident_bytes() -> int | None:
     return None
 
 
+def _malloc_trim() -> Callable[[], None] | None:
+    """glibc's malloc_trim(0): return the free memory of every arena to the system (None elsewhere)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
 class MemoryLimit:
     """`over()`: whether the process holds more than `limit_bytes` (read at most every `interval_s`)."""
 
     def __init__(self, limit_bytes: int, interval_s: float = 0.05,
-                 read: Callable[[], int | None] = anonymous_resident_bytes) -> None:
+                 read: Callable[[], int | None] = anonymous_resident_bytes,
+                 release: Callable[[], None] | None = _malloc_trim(), release_interval_s: float = 1.0) -> None:
         self.limit_bytes = limit_bytes
         self.interval_s = interval_s
         self._read = read
         self._read_at = float("-inf")
         self.used_bytes: int | None = None
+        self._release = release
+        self.release_interval_s = release_interval_s
+        self._released_at = float("-inf")
+        self._releasing = threading.Lock()
+        self.releases = 0  # how often the allocator was asked to return memory
         if limit_bytes and read() is None:
             log.warning("AGENTWATCH_MAX_MEMORY_BYTES: this system does not report a process's resident memory; "
                         "the receiver's memory is bounded by its byte limits only")
@@ -60,4 +92,18 @@ class MemoryLimit:
         if now - self._read_at >= self.interval_s:  # a read costs ~20 us; requests may come by thousands
             self.used_bytes = self._read()
             self._read_at = now
-        return self.used_bytes is not None and self.used_bytes > self.limit_bytes
+        over = self.used_bytes is not None and self.used_bytes > self.limit_bytes
+        if over and self._release and now - self._released_at >= self.release_interval_s:
+            self._released_at = now
+            threading.Thread(target=self._release_now, name="agentwatch-memory-release", daemon=True).start()
+        return over
+
+    def _release_now(self) -> None:
+        if not self._releasing.acquire(blocking=False):
+            return
+        try:
+            self._release()
+            self.releases += 1
+            self._read_at = float("-inf")  # read again at the next request
+        finally:
+            self._releasing.release()
