@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import threading
 import time
@@ -135,3 +137,18 @@ class RecordingWorker(DetectorWorker):
         self.audits.append((began, result))
         return result
 
+
+@contextlib.contextmanager
+def store_env(dsn: str, database: str):
+    """AGENTWATCH_CLICKHOUSE_DSN and AGENTWATCH_DATABASE set to this store while inside (the dashboard's
+    AppTest reads its store from them), as they were afterwards."""
+    saved = {k: os.environ.get(k) for k in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE")}
+    os.environ["AGENTWATCH_CLICKHOUSE_DSN"], os.environ["AGENTWATCH_DATABASE"] = dsn, database
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

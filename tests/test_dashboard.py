@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from agentwatch.dashboard import auth, data, replay, trace_model
 from agentwatch.dashboard.auth import LOCAL_ADMIN
 from agentwatch.schemas import store
 from agentwatch.schemas.vocabulary import CROSS_TENANT_USE_SQL
+from tests.helpers import store_env
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 NS = 1_000_000_000
@@ -166,14 +166,8 @@ def fleet(receiver, client, dsn, database):
     assert receiver.flush(timeout_s=300)
     demo.record_incidents(client, result.run_id, result.incidents)
     ids = seed(client)
-    saved = {k: os.environ.get(k) for k in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE")}
-    os.environ["AGENTWATCH_CLICKHOUSE_DSN"], os.environ["AGENTWATCH_DATABASE"] = dsn, database
-    yield {"result": result, "ids": ids}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with store_env(dsn, database):
+        yield {"result": result, "ids": ids}
 
 
 @pytest.fixture(autouse=True)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import doctest
 import importlib
 import json
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -31,6 +29,7 @@ from streamlit.testing.v1 import AppTest
 from agentwatch.dashboard import auth, trace_model
 from agentwatch.dashboard.auth import LOCAL_ADMIN
 from agentwatch.dashboard.text import JOINER, literal
+from tests.helpers import store_env
 from tests.test_dashboard import APP, ok, plain
 
 NS = 1_000_000_000
@@ -88,14 +87,8 @@ def store(client, dsn, database):
                                  detected - timedelta(minutes=4)]],
                   column_names=["AnomalyId", "DetectedAt", "Kind", "Severity", "Tenant", "AgentId", "TraceId", "Score",
                                 "Summary", "Evidence", "Status", "FirstSeen", "LastSeen"])
-    saved = {k: os.environ.get(k) for k in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE")}
-    os.environ["AGENTWATCH_CLICKHOUSE_DSN"], os.environ["AGENTWATCH_DATABASE"] = dsn, database
-    yield client
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with store_env(dsn, database):
+        yield client
 
 
 @pytest.fixture(autouse=True)

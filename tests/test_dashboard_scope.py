@@ -14,7 +14,6 @@ which only admins see.
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -27,7 +26,7 @@ from agentwatch.dashboard.auth import LOCAL_ADMIN, Viewer
 from agentwatch.schemas import audit, halts
 from agentwatch.schemas.vocabulary import AUDIT_ANOMALY_STATUS, AUDIT_HALT, AUDIT_RELEASE, AUDIT_SIGN_IN
 from tests.test_dashboard import APP, ok, plain, shows
-from tests.helpers import wait_for
+from tests.helpers import store_env, wait_for
 
 NS = 1_000_000_000
 TENANTS = ("acme", "globex")
@@ -101,14 +100,8 @@ def store(client, dsn, database):
                                 for t in TENANTS],
                   column_names=["AnomalyId", "DetectedAt", "Kind", "Severity", "Tenant", "AgentId", "TraceId", "Score",
                                 "Summary", "Evidence", "Status", "FirstSeen", "LastSeen"])
-    saved = {k: os.environ.get(k) for k in ("AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_DATABASE")}
-    os.environ["AGENTWATCH_CLICKHOUSE_DSN"], os.environ["AGENTWATCH_DATABASE"] = dsn, database
-    yield client
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with store_env(dsn, database):
+        yield client
 
 
 def app(monkeypatch, viewer: Viewer | None, **query) -> AppTest:
