@@ -30,8 +30,10 @@ class Settings:
     max_request_bytes: int = 64 << 20
     max_queue_bytes: int = 512 << 20
     max_converting_bytes: int = 128 << 20
-    # The receiver refuses new requests (503) while its process holds more resident memory than this; 0: no limit.
+    # The resident memory the receiver's process may hold; it refuses new requests (503) from this less the
+    # spike headroom on (0: a fifth of it, at least 160 MiB). 0: no limit.
     max_memory_bytes: int = 0
+    max_memory_spike_bytes: int = 0
     # The receiver's write-ahead spool, on a local disk: empty is data_dir/spool;
     # "off" answers requests once queued in memory (lost if the process dies).
     spool_dir: str = ""

@@ -148,6 +148,9 @@ def main() -> None:
                         help="AGENTWATCH_EMBEDDED_MAX_MEMORY of the receiver's embedded engine, e.g. 256M (default: none)")
     parser.add_argument("--max-memory-mb", type=int, default=0,
                         help="AGENTWATCH_MAX_MEMORY_BYTES: the receiver process's resident anonymous memory (0: none)")
+    parser.add_argument("--memory-spike-mb", type=int, default=0,
+                        help="AGENTWATCH_MAX_MEMORY_SPIKE_BYTES: refusing starts this far below --max-memory-mb "
+                             "(0: the receiver's default)")
     parser.add_argument("--embedded-dirty-decay-ms", default="",
                         help="AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS: how long the engine's allocator keeps freed memory "
                              "(default: the receiver's, 0; '-': as the engine was built, 5000)")
@@ -158,6 +161,7 @@ def main() -> None:
     receiver = ReceiverProcess(data_dir, port, max_queue_bytes=str(args.max_queue_mb << 20),
                                max_converting_bytes=str(args.max_converting_mb << 20),
                                max_memory_bytes=str(args.max_memory_mb << 20),
+                               max_memory_spike_bytes=str(args.memory_spike_mb << 20),
                                embedded_max_memory=args.embedded_max_memory,
                                **({"embedded_dirty_decay_ms": args.embedded_dirty_decay_ms}
                                   if args.embedded_dirty_decay_ms else {})).start()
@@ -243,6 +247,7 @@ def measure(args, receiver: ReceiverProcess, data_dir: str, port: int) -> None:
         "anonymous_peak_main_process_mb": round(peak["anon"] / 2**20),
         "bounds_mb": {"max_queue": args.max_queue_mb, "max_converting": args.max_converting_mb,
                       "max_memory": args.max_memory_mb,
+                      "memory_spike": args.memory_spike_mb or "default",
                       "embedded_engine": args.embedded_max_memory or "unset",
                       "embedded_dirty_decay_ms": args.embedded_dirty_decay_ms or "default (0)"},
         "healthz_ms": {"p50": round(statistics.median(probes) * 1000, 1),

@@ -7,6 +7,7 @@ import socket
 
 import grpc
 import httpx
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -71,8 +72,8 @@ def test_over_its_memory_limit_the_receiver_refuses_until_memory_falls(dsn, data
     """Memory the byte bounds do not count (the engine's, the allocators') is bounded by the process's own."""
     from agentwatch.collector.receiver.memory_limit import anonymous_resident_bytes
 
-    limit = anonymous_resident_bytes() + (96 << 20)
-    receiver = start_receiver(dsn, database, max_memory_bytes=limit, grpc_port=None)
+    limit = anonymous_resident_bytes() + (128 << 20)  # refusing starts 32 MiB below it
+    receiver = start_receiver(dsn, database, max_memory_bytes=limit, max_memory_spike_bytes=32 << 20, grpc_port=None)
     url = f"http://127.0.0.1:{receiver.http_port}"
 
     def send(number: int) -> httpx.Response:
@@ -86,7 +87,7 @@ def test_over_its_memory_limit_the_receiver_refuses_until_memory_falls(dsn, data
         assert refused.headers["Retry-After"] == "1"
         assert "AGENTWATCH_MAX_MEMORY_BYTES" in status_pb2.Status.FromString(refused.content).message
         health = httpx.get(f"{url}/healthz")
-        assert health.status_code == 200 and health.json()["memory_bytes"] > limit
+        assert health.status_code == 200 and health.json()["memory_bytes"] > limit - (32 << 20)
         del ballast
         assert wait_for(lambda: send(12).status_code == 200)
         assert 'reason="memory"' in httpx.get(f"{url}/metrics").text
@@ -98,7 +99,7 @@ def test_over_its_memory_limit_the_allocator_is_asked_to_return_memory_at_most_o
     from agentwatch.collector.receiver.memory_limit import MemoryLimit
 
     used, released = [50], []
-    limit = MemoryLimit(100, interval_s=0, read=lambda: used[0], release=lambda: released.append(1))
+    limit = MemoryLimit(125, interval_s=0, read=lambda: used[0], release=lambda: released.append(1))
     assert not limit.over() and not released  # under the limit: nothing to do
     used[0] = 150
     assert limit.over() and limit.over()
@@ -133,3 +134,11 @@ def test_the_embedded_engine_returns_freed_memory_at_once_unless_told_otherwise(
     assert decay(AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS="1000") == "1000"
     assert decay(AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS="-") == "5000"  # as the engine was built
     assert decay(JE_MALLOC_CONF="dirty_decay_ms:2000") == "2000"  # set by hand: that wins
+
+
+def test_the_spike_headroom_must_leave_room_under_the_limit():
+    from agentwatch.collector.receiver.memory_limit import MemoryLimit
+
+    with pytest.raises(ValueError, match="AGENTWATCH_MAX_MEMORY_SPIKE_BYTES"):
+        MemoryLimit(100, spike_bytes=100, read=lambda: 0)
+    assert MemoryLimit(1000, spike_bytes=300, read=lambda: 0).refuse_above == 700

@@ -1,12 +1,20 @@
-"""A bound on the receiver process's memory: refuse new requests while it holds more than the limit.
+"""A bound on the receiver process's memory: refuse new requests while it nears the limit.
 
 The byte bounds (request, converting, queue) hold what the receiver counts itself. What the
 embedded engine, the inserts' buffers and the allocators hold besides is only seen from outside,
 as the process's resident anonymous memory: the memory the kernel cannot drop (file pages, such as
-the embedded engine's ~300 MB of mapped code, are left out). While it is above the limit, `over()`
-is true and the receiver answers 503 + Retry-After (gRPC RESOURCE_EXHAUSTED) before reading a
-body, as the OpenTelemetry Collector's memory_limiter refuses data; what it already accepted is
-still written, memory falls, and it takes requests again.
+the embedded engine's ~300 MB of mapped code, are left out).
+
+The limit is what the process may hold (`AGENTWATCH_MAX_MEMORY_BYTES`). What was accepted before
+refusing began is still converted and written, and one insert into the embedded engine (the traces
+table and its views) briefly needs a few hundred MB of its own, so refusing starts a spike's
+headroom below the limit (`AGENTWATCH_MAX_MEMORY_SPIKE_BYTES`), as the OpenTelemetry Collector's
+memory_limiter has a soft limit `spike_limit_mib` below its hard one. By default the headroom is a
+fifth of the limit, as there, and at least SPIKE_FLOOR: under 3x overload the process was measured
+to rise up to 137 MB past the point where it began refusing (bench/README.md).
+Above that soft limit `over()` is true and the receiver answers 503 + Retry-After (gRPC
+RESOURCE_EXHAUSTED) before reading a body; what it accepted is still written, memory falls, and it
+takes requests again.
 
 Over the limit it also asks the C allocator to hand back what it holds freed (`malloc_trim`, glibc
 only; at most once a second, in a thread of its own so the event loop does not wait on it): the
@@ -15,17 +23,18 @@ keep 50-100 MB of them resident between trims under overload. (The embedded engi
 is set to return freed memory at once when the store is opened: `AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS`
 in schemas/store.py.)
 
-The limit is a threshold for taking new requests, not a ceiling: what was accepted before it was
-crossed is still converted and written, and one insert into the embedded engine (the traces table
-and its views) briefly needs up to ~450 MB of its own. Measured under 3x overload (bench/README.md),
-the peak stayed within ~30 MB of a 600 MB limit and ~120 MB over a 500 MB one; set it that much
-below what the process may hold.
+The headroom is measured, not guaranteed: bench/README.md gives the peaks under 3x overload for
+several limits.
 
 Linux only (`/proc/self/status`); elsewhere the limit is not applied and says so once.
 
->>> limit = MemoryLimit(100, read=lambda: 150)
->>> limit.over(), limit.used_bytes
-(True, 150)
+>>> limit = MemoryLimit(1000 << 20, read=lambda: 850 << 20)
+>>> limit.refuse_above >> 20, limit.over()  # refusing starts a fifth below the limit ...
+(800, True)
+>>> MemoryLimit(600 << 20, read=lambda: 0).refuse_above >> 20  # ... and at least SPIKE_FLOOR below it
+440
+>>> MemoryLimit(1000, spike_bytes=100, read=lambda: 850).over()
+False
 >>> MemoryLimit(0, read=lambda: 150).over()  # 0: no limit
 False
 """
@@ -64,13 +73,23 @@ def _malloc_trim() -> Callable[[], None] | None:
     return lambda: trim(0)
 
 
+SPIKE_FLOOR = 160 << 20  # the default headroom's least: above the most measured past the refusal point
+
+
 class MemoryLimit:
-    """`over()`: whether the process holds more than `limit_bytes` (read at most every `interval_s`)."""
+    """`over()`: whether the process holds more than `limit_bytes - spike_bytes` (read at most every
+    `interval_s`); `spike_bytes` None or 0: a fifth of the limit, at least SPIKE_FLOOR (at most half)."""
 
     def __init__(self, limit_bytes: int, interval_s: float = 0.05,
                  read: Callable[[], int | None] = anonymous_resident_bytes,
-                 release: Callable[[], None] | None = _malloc_trim(), release_interval_s: float = 1.0) -> None:
+                 release: Callable[[], None] | None = _malloc_trim(), release_interval_s: float = 1.0,
+                 spike_bytes: int | None = None) -> None:
+        if limit_bytes and spike_bytes and not 0 < spike_bytes < limit_bytes:
+            raise ValueError(f"AGENTWATCH_MAX_MEMORY_SPIKE_BYTES ({spike_bytes}) must be below "
+                             f"AGENTWATCH_MAX_MEMORY_BYTES ({limit_bytes})")
         self.limit_bytes = limit_bytes
+        default_spike = min(max(limit_bytes // 5, SPIKE_FLOOR), limit_bytes // 2)
+        self.refuse_above = limit_bytes - (spike_bytes or default_spike)
         self.interval_s = interval_s
         self._read = read
         self._read_at = float("-inf")
@@ -92,7 +111,7 @@ class MemoryLimit:
         if now - self._read_at >= self.interval_s:  # a read costs ~20 us; requests may come by thousands
             self.used_bytes = self._read()
             self._read_at = now
-        over = self.used_bytes is not None and self.used_bytes > self.limit_bytes
+        over = self.used_bytes is not None and self.used_bytes > self.refuse_above
         if over and self._release and now - self._released_at >= self.release_interval_s:
             self._released_at = now
             threading.Thread(target=self._release_now, name="agentwatch-memory-release", daemon=True).start()

@@ -72,7 +72,8 @@ class ReceiverConfig:
     max_request_bytes: int = 64 << 20  # per request, after decompression; larger gets 413
     max_queue_bytes: int = 512 << 20  # accepted but unwritten; beyond it requests get 503
     max_converting_bytes: int = 128 << 20  # bodies being read and converted; beyond it requests get 503
-    max_memory_bytes: int = 0  # the process's resident anonymous memory; beyond it requests get 503 (0: no limit)
+    max_memory_bytes: int = 0  # the process's resident anonymous memory may reach this (0: no limit) ...
+    max_memory_spike_bytes: int = 0  # ... requests get 503 beyond it less this headroom (0: memory_limit.py's)
     retry_after_s: int = 1
     flush_interval_s: float = 0.2
     # Converting OTLP to rows is CPU-bound Python: worker processes spread it
@@ -119,7 +120,7 @@ class Receiver:
         self._pool: Executor | None = None
         self._pool_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="agentwatch-convert")
-        self.memory = MemoryLimit(self.config.max_memory_bytes)
+        self.memory = MemoryLimit(self.config.max_memory_bytes, spike_bytes=self.config.max_memory_spike_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -353,7 +354,7 @@ class Receiver:
         """Count a request's body against max_converting_bytes while it is read and converted."""
         if self.memory.over():
             raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "memory",
-                           f"receiver holds {self.memory.used_bytes} bytes, over its limit of "
+                           f"receiver holds {self.memory.used_bytes} bytes, near its limit of "
                            f"{self.memory.limit_bytes} (AGENTWATCH_MAX_MEMORY_BYTES); retry later")
         if self._converting_bytes and self._converting_bytes + size > self.config.max_converting_bytes:
             raise Rejected(503, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy",
