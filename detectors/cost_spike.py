@@ -285,8 +285,9 @@ def render(a: Anomaly, case: CostCase) -> tuple[str, dict]:
     tb = f["tenant_baseline"] or {}
     parts = [f"Cost spike: {w.tenant} spent ${w.total:,.2f} in the {per} from {hm(w.start)}"]
     if tb.get("warm"):
-        ratio = w.total / tb["mean"] if tb["mean"] > 0 else math.inf
-        parts.append(f", {ratio:,.1f}x its usual ${tb['mean']:,.2f}/{per} (threshold ${tb['threshold']:,.2f})")
+        mean = tb["mean"] if tb["mean"] > 0 else 0.0  # a learned mean of no spend can be -0.0 or a hair below
+        ratio = f"{w.total / mean:,.1f}x its usual" if mean >= 0.005 else "against its usual"
+        parts.append(f", {ratio} ${mean:,.2f}/{per} (threshold ${tb['threshold']:,.2f})")
     if f["over_budget"]:
         parts.append(f", over its budget of ${f['budget_usd_per_minute']:,.2f}/{per}")
     over = f["agents_over_baseline"]
@@ -294,7 +295,7 @@ def render(a: Anomaly, case: CostCase) -> tuple[str, dict]:
         top = over[0]
         usual = (top["baseline"] or {}).get("mean")
         if usual is not None:
-            usual = max(usual, 0.0)  # a learned mean of near-zero spend can come out a rounding error below 0
+            usual = usual if usual > 0 else 0.0  # a learned mean of no spend can be -0.0 or a hair below
         parts.append(f"; {top['agent_name']} ({top['agent_id']}) spent ${top['usd']:,.2f}"
                      + (f" against its usual ${usual:,.2f}" if usual is not None else ""))
     summary = "".join(parts) + "."

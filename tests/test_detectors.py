@@ -773,3 +773,26 @@ def test_the_cluster_tailing_by_part_ranges_gives_the_same_verdicts(dsn, fleet, 
     worker.close()
     assert {r.anomaly_id for r in evaluation.load_anomalies(client)} == detected.ids
     client.close()
+
+
+@pytest.mark.parametrize("mean, usual, expected", [
+    (-0.0, -0.0, "spent $40.12 in the min from 07:24 UTC, against its usual $0.00/min (threshold $0.53), over its budget "
+                 "of $10.00/min; planner (acme-planner-1) spent $40.02 against its usual $0.00."),
+    (2.0, 1.5, "spent $40.12 in the min from 07:24 UTC, 20.1x its usual $2.00/min (threshold $0.53), over its budget "
+               "of $10.00/min; planner (acme-planner-1) spent $40.02 against its usual $1.50."),
+])
+def test_a_cost_spike_from_no_usual_spend_reads_as_money_not_as_infinity(mean, usual, expected):
+    """A tenant that normally spends nothing: no 'infx its usual', no '$-0.00'."""
+    from agentwatch.detectors.anomalies import Anomaly
+    from agentwatch.detectors.cost_spike import CostCase, CostWindow, render
+
+    start = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % (86_400 * 10**9) + (7 * 60 + 24) * 60 * 10**9
+    window = CostWindow("acme", start, 60 * 10**9)
+    window.total = 40.12
+    case = CostCase(window, {"tenant_baseline": {"warm": True, "mean": mean, "threshold": 0.53},
+                             "over_budget": True, "budget_usd_per_minute": 10.0,
+                             "agents_over_baseline": [{"agent_name": "planner", "agent_id": "acme-planner-1",
+                                                       "usd": 40.02, "baseline": {"mean": usual}}]})
+    anomaly = Anomaly("a1", "cost_spike", "acme", "", "", "", "critical", 9.0, start, start, 0, ctx=case)
+    summary, _ = render(anomaly, case)
+    assert summary == "Cost spike: acme " + expected
