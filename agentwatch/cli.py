@@ -73,6 +73,7 @@ def _start_receiver(settings: config.Settings, http_port: int | None = None, grp
         max_converting_bytes=settings.max_converting_bytes,
         max_memory_bytes=settings.max_memory_bytes,
         max_memory_spike_bytes=settings.max_memory_spike_bytes,
+        max_batch_bytes=store.insert_batch_bytes(settings.dsn),
         spool_dir=settings.spool_path,
         tls_cert=settings.tls_cert or None,
         tls_key=settings.tls_key or None,

@@ -97,20 +97,38 @@ def embedded_options() -> dict[str, str]:
     `AGENTWATCH_EMBEDDED_MAX_MEMORY` (bytes, or with a K/M/G suffix) caps what the engine may hold
     (`max_server_memory_usage`): past it, a query or insert fails with a memory error instead of the
     process growing (the receiver's writer retries from its spool; the detectors retry their pass).
-    A cap well above one insert's needs is safe; one close to it (256M against the receiver's 64 MiB
-    batches) can refuse the same insert again and again, and the writer then waits on it.
+    An insert needs about four times its batch in the engine (a 64 MiB batch through the traces table
+    and its views: ~258 MB); a batch that never fits would be refused on every retry, so the receiver
+    writes batches of at most an eighth of the cap (`insert_batch_bytes`).
 
     `AGENTWATCH_EMBEDDED_DIRTY_DECAY_MS` (default 0) is how long the engine's allocator keeps memory
     freed by its inserts before handing it back to the system (see `_allocator_options`); "-" leaves it
     as built (5000).
     """
     _allocator_options()
+    cap = embedded_memory_cap()
+    return {"max_server_memory_usage": str(cap)} if cap else {}
+
+
+def embedded_memory_cap() -> int | None:
+    """`AGENTWATCH_EMBEDDED_MAX_MEMORY` in bytes (None: unset)."""
     limit = os.environ.get(MEMORY_ENV, "").strip()
     if not limit:
-        return {}
+        return None
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    number = int(limit[:-1]) * units[limit[-1].upper()] if limit[-1].upper() in units else int(limit)
-    return {"max_server_memory_usage": str(number)}
+    return int(limit[:-1]) * units[limit[-1].upper()] if limit[-1].upper() in units else int(limit)
+
+
+def insert_batch_bytes(dsn: str, default: int = 64 << 20) -> int:
+    """The largest batch the receiver should insert at once into this store: on an embedded engine with a
+    memory cap, an eighth of it (an insert needs about four times its batch), so no batch is too big to fit.
+
+    >>> os.environ[MEMORY_ENV] = "256M"; insert_batch_bytes("chdb:///tmp/x") >> 20, insert_batch_bytes("http://h")
+    (32, 67108864)
+    >>> del os.environ[MEMORY_ENV]
+    """
+    cap = embedded_memory_cap() if is_embedded(dsn) else None
+    return max(1 << 20, min(default, cap // 8)) if cap else default
 
 
 def connect(dsn: str | None = None, database: str | None = None, create: bool = True) -> Client:

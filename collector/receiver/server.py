@@ -74,6 +74,7 @@ class ReceiverConfig:
     max_converting_bytes: int = 128 << 20  # bodies being read and converted; beyond it requests get 503
     max_memory_bytes: int = 0  # the process's resident anonymous memory may reach this (0: no limit) ...
     max_memory_spike_bytes: int = 0  # ... requests get 503 beyond it less this headroom (0: memory_limit.py's)
+    max_batch_bytes: int = 64 << 20  # the most one insert carries (requests joined in spool order)
     retry_after_s: int = 1
     flush_interval_s: float = 0.2
     # Converting OTLP to rows is CPU-bound Python: worker processes spread it
@@ -112,6 +113,7 @@ class Receiver:
         self.spool = Spool(self.config.spool_dir, dedup_window_s=self.config.dedup_window_s,
                            metrics=self.metrics) if self.config.spool_dir else None
         self.writer = BatchWriter(connect, max_queue_bytes=self.config.max_queue_bytes,
+                                  max_batch_bytes=self.config.max_batch_bytes,
                                   flush_interval_s=self.config.flush_interval_s, metrics=self.metrics,
                                   spool=self.spool)
         self._connect = connect
