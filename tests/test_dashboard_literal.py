@@ -43,6 +43,8 @@ TOOL = "run $x$ :material/home: # h"
 MODEL = f"gpt {LINK}"
 KEY = "x![k](https://attacker.example/key)"  # an attribute key, its value a payload (over 256 bytes)
 STATUS = f"failed: {PIXEL} `code` **bold**"
+TRACEBACK = 'Traceback (most recent call last):\n  File "agent.py", line 7, in run\nTimeoutError: 30 s'
+
 TRACE = "1717171717171717171717171717a001"
 ANOMALY = "c" * 32
 SUMMARY = f"{AGENT} spent $5 on {MODEL} :material_home: www.attacker.example"
@@ -78,7 +80,7 @@ def store(client, dsn, database):
                    {"type": "text", "content": f"answer {PIXEL}"}]}])}),
         _span("a100000000000003", "a100000000000001", f"execute_tool {TOOL}", at + 2 * NS,
               {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": TOOL, KEY: "k" * 400},
-              [(at + 2 * NS, "agentwatch.credential.use", use)], status=("Error", STATUS)),
+              [(at + 2 * NS, "agentwatch.credential.use", use)], status=("Error", f"{STATUS}\n{TRACEBACK}")),
     ]
     client.insert("otel_traces", [list(r.values()) for r in rows], column_names=list(rows[0]))
     detected = datetime.now(UTC)
@@ -143,6 +145,7 @@ def test_the_replay_of_a_hostile_trace_shows_its_text_literally(store):
     for text in (TENANT, AGENT, PIXEL, CREDENTIAL, RESOURCE, TOOL, MODEL, KEY, STATUS, f"assistant {LINK}"):
         assert text in shown, text
     assert f"invoke_agent {PIXEL}" in shown and SUMMARY[:60] in shown
+    assert f"{STATUS}\n{TRACEBACK}" in [c.value for c in at.code]  # a multi-line status kept as sent, below
     assert any(t.startswith("\\") or "\\[" in t for t in seen)  # escaped, not dropped
 
 

@@ -128,8 +128,12 @@ def step_body(db, viewer: Viewer, trace: trace_model.Trace, step: dict) -> None:
                                                                  for k, v in others.items()))
             for name, size in others.items():
                 payload_block(db, viewer, trace, span, name, size, force_toggle=True)
-        if span.get("StatusMessage"):
-            st.error(literal(span["StatusMessage"]))
+        message = (span.get("StatusMessage") or "").strip()
+        if message:
+            lines = message.splitlines()
+            st.error(literal(lines[0]))
+            if len(lines) > 1:  # a stack trace: every line as sent
+                st.code(message, language=None)
 
 
 def _span_ref(trace: trace_model.Trace, span: dict) -> dict:
