@@ -60,24 +60,16 @@ def inside(ranges: Ranges, partition: str, first: int, last: int) -> bool:
     return any(a <= first and last <= b for a, b in ranges.get(partition, []))
 
 
-def merged(ranges: Ranges, other: Ranges) -> Ranges:
-    out = {p: [list(r) for r in rs] for p, rs in ranges.items()}
-    for partition, rs in other.items():
-        for a, b in rs:
-            add(out, partition, a, b)
-    return out
-
-
 def unread(position: Ranges, parts: list[tuple[str, str, int, int]]) -> tuple[Ranges, list]:
     """`position` less the partitions gone, and the parts (name, partition, first, last) not read yet."""
     present = {part[1] for part in parts}
-    kept = {p: [list(r) for r in rs] for p, rs in position.items() if p in present}
+    kept = {p: rs for p, rs in position.items() if p in present}
     return kept, [part for part in parts if not inside(kept, part[1], part[2], part[3])]
 
 
 def advance(position: Ranges, new: list[tuple[str, str, int, int]], cut: int | None) -> Ranges:
     """The position after reading the unread rows of `new` whose block is at most `cut` (None: all)."""
-    after = merged(position, {})
+    after = dict(position)  # `add` replaces a partition's list, never changes one
     for _, partition, first, last in new:
         if cut is None or first <= cut:
             add(after, partition, first, last if cut is None else min(last, cut))

@@ -85,10 +85,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 class WorkerState:
     """Everything a worker checkpoints: positions per table, rows processed, the detectors' state."""
 
-    def __init__(self, config: DetectorConfig, positions: dict | None = None) -> None:
+    def __init__(self, config: DetectorConfig, positions: dict) -> None:
         self.version = STATE_VERSION
         # where each table's tail resumes: the last block number read (on a cluster, the block ranges read)
-        self.positions = dict(positions) if positions else {table: 0 for table in TABLES}
+        self.positions = dict(positions)
         self.processed = {table: 0 for table in self.positions}  # rows read, ever (= the rows up to the position)
         self.spans = SpanStream(config)
         self.credentials = CredentialStream(config)

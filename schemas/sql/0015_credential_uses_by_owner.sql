@@ -4,6 +4,8 @@
 -- only its own shard's tables, so it finds its tenants' credentials used by other shards' tenants here
 -- (sharded by CredentialTenant). On one server the worker reads both sides from credential_events and
 -- this table is a small copy of the cross-tenant events. Events stored before this migration are not copied.
+-- The columns are spelled out rather than taken `AS credential_events`: this table keeps the shape it was
+-- created with whatever later migrations do to that one.
 CREATE TABLE IF NOT EXISTS {db}.credential_uses_by_owner (
     Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
