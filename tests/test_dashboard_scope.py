@@ -402,7 +402,8 @@ def test_a_span_sent_again_with_another_tenants_ids_shows_nobody_the_other_tenan
 
 
 def test_cache_keys_tell_grants_apart_and_telemetry_text_is_drawn_as_typed():
-    from agentwatch.dashboard.views.common import code, literal, scope_key
+    from agentwatch.dashboard.text import code, literal
+    from agentwatch.dashboard.views.common import scope_key
 
     one, two = Viewer("x", "viewer", frozenset({"a,b"})), Viewer("y", "viewer", frozenset({"a", "b"}))
     assert scope_key(one) != scope_key(two) and scope_key(LOCAL_ADMIN) not in (scope_key(one), scope_key(two))

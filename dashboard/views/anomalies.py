@@ -10,7 +10,8 @@ import streamlit as st
 from agentwatch.dashboard import charts, data
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.views import containment
-from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, code, literal, open_trace, table
+from agentwatch.dashboard.text import code, literal
+from agentwatch.dashboard.views.common import SEVERITY_BADGE, STATUS_BADGE, client, open_trace, table
 from agentwatch.schemas.vocabulary import ANOMALY_STATUSES, SEVERITIES, UNRESOLVED_STATUSES, describe_kind
 
 log = logging.getLogger(__name__)

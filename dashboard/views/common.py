@@ -10,7 +10,6 @@ import streamlit as st
 
 from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.dashboard.text import code, literal  # noqa: F401  (the pages draw telemetry text with these)
 
 log = logging.getLogger(__name__)
 

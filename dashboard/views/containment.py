@@ -11,7 +11,8 @@ import streamlit as st
 
 from agentwatch.dashboard import data
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.dashboard.views.common import client, code, literal
+from agentwatch.dashboard.text import code, literal
+from agentwatch.dashboard.views.common import client
 
 LABELS = {"trace": "trace", "agent": "agent", "tenant": "whole tenant"}
 

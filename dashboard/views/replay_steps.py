@@ -14,7 +14,8 @@ import streamlit as st
 from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.trace_model import STEP_KINDS, human_bytes
-from agentwatch.dashboard.views.common import code, goto, literal, load_trace, money, payload, small_attributes, table
+from agentwatch.dashboard.text import code, literal
+from agentwatch.dashboard.views.common import goto, load_trace, money, payload, small_attributes, table
 from agentwatch.schemas.vocabulary import AUDIT_PAYLOAD_OPENED
 
 STEP_ICONS = {"agent_start": ":material/smart_toy:", "agent_end": ":material/flag:", "prompt": ":material/chat:",

@@ -14,7 +14,8 @@ from agentwatch.dashboard import data, trace_model
 from agentwatch.dashboard.auth import Viewer
 from agentwatch.dashboard.trace_model import human_bytes
 from agentwatch.dashboard.views import replay_steps, trace_views
-from agentwatch.dashboard.views.common import client, code, literal, load_trace, money, open_trace, table
+from agentwatch.dashboard.text import code, literal
+from agentwatch.dashboard.views.common import client, load_trace, money, open_trace, table
 from agentwatch.schemas.vocabulary import AUDIT_TRACE_OPENED
 
 TITLE = "Trace replay"

@@ -7,7 +7,8 @@ import streamlit as st
 
 from agentwatch.dashboard import charts, data, trace_model
 from agentwatch.dashboard.auth import Viewer
-from agentwatch.dashboard.views.common import literal, load_trace, table
+from agentwatch.dashboard.text import literal
+from agentwatch.dashboard.views.common import load_trace, table
 
 
 def agent_tree(viewer: Viewer, trace: trace_model.Trace) -> None:
